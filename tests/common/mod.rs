@@ -1,0 +1,360 @@
+//! Helpers shared by the integration tests: the nixoci binary, real tools (Nix, skopeo, podman,
+//! umoci) and a running `nixoci mount` that is always taken down again.
+//! A missing tool is a loud failure, never a skipped test: `scripts/setup` installs them all.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn nixoci_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nixoci"))
+}
+
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The project's shared/ checkout: CI clones the repo with shared/ beside it.
+pub fn shared_dir() -> PathBuf {
+    let dir = repo_dir().join("../shared");
+    assert!(
+        dir.join("reference/vectors.md").is_file(),
+        "{} is missing: the tests need the project's shared/ directory beside the repository",
+        dir.display()
+    );
+    dir.canonicalize().unwrap()
+}
+
+/// The full path of a program, or a panic telling how to get it.
+pub fn require_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed: run scripts/setup"))
+}
+
+/// A Command for a required tool.
+pub fn tool(name: &str) -> Command {
+    Command::new(require_tool(name))
+}
+
+/// Runs a command to completion; panics with its output unless it succeeded.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({})\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Runs a command and returns its output whatever the exit status.
+pub fn run_unchecked(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `nix-build EXPR -A ATTR`, building as root (no nixbld users needed); returns the out path.
+pub fn nix_build(expr: &Path, attr: &str) -> PathBuf {
+    let out = run(tool("nix-build")
+        .arg(expr)
+        .args(["-A", attr, "--no-out-link", "--option", "build-users-group", ""])
+        .stderr(Stdio::inherit()));
+    let text = stdout(&out);
+    let line = text.lines().last().unwrap_or_else(|| panic!("nix-build {attr} printed nothing"));
+    PathBuf::from(line.trim())
+}
+
+/// A store path or description from tests/fixtures/images.nix.
+pub fn fixture(attr: &str) -> PathBuf {
+    nix_build(&repo_dir().join("tests/fixtures/images.nix"), attr)
+}
+
+/// `nix-store -q --hash`: the narHash Nix recorded for a store path.
+pub fn nar_hash(path: &Path) -> String {
+    stdout(&run(tool("nix-store").args(["-q", "--hash"]).arg(path))).trim().to_string()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// Reads a file to its end in 1 MiB reads; returns (sha256 hex, bytes read).
+pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hex(&h.finalize()), total));
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// Mount points listed in /proc/self/mountinfo (field 5, octal escapes undone).
+pub fn mount_points() -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .collect()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap());
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    mount_points().iter().any(|p| p == mnt)
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// A temporary directory with a canonical path (mountinfo shows canonical paths).
+pub fn temp_dir() -> (TempDir, PathBuf) {
+    let t = tempfile::Builder::new().prefix("nixoci-test-").tempdir().unwrap();
+    let p = t.path().canonicalize().unwrap();
+    (t, p)
+}
+
+/// Links a description into an images dir under `name` (e.g. "hello.json"), as a user would
+/// link a nix-build result.
+pub fn link_image(images: &Path, name: &str, description: &Path) {
+    std::os::unix::fs::symlink(description, images.join(name)).unwrap();
+}
+
+/// A running `nixoci mount MNT --images DIR --cache-dir C`, its stderr kept in a log file.
+/// Dropping it sends SIGTERM, waits, and fails the test if a mount is left behind.
+pub struct Mount {
+    pub mnt: PathBuf,
+    pub images: PathBuf,
+    pub cache: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<TempDir>,
+}
+
+impl Mount {
+    /// Fresh temp dirs, an images dir holding `images` (file name, description) as symlinks;
+    /// the mount point itself is left for nixoci to create.
+    pub fn new(images: &[(&str, &Path)]) -> Mount {
+        let (tmp, base) = temp_dir();
+        let dir = base.join("images");
+        fs::create_dir(&dir).unwrap();
+        for (name, description) in images {
+            link_image(&dir, name, description);
+        }
+        let images = dir;
+        let mut m = Mount::start(&base.join("mnt"), &images, &base.join("cache"), &base.join("nixoci.log"));
+        m._tmp = Some(tmp);
+        m
+    }
+
+    /// Starts nixoci on given paths (used to restart on a place left stale); the log appends.
+    pub fn start(mnt: &Path, images: &Path, cache: &Path, log: &Path) -> Mount {
+        let logf = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut cmd = Command::new(nixoci_bin());
+        cmd.arg("mount")
+            .arg(mnt)
+            .arg("--images")
+            .arg(images)
+            .arg("--cache-dir")
+            .arg(cache)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let mut m = Mount {
+            mnt: mnt.to_path_buf(),
+            images: images.to_path_buf(),
+            cache: cache.to_path_buf(),
+            log: log.to_path_buf(),
+            child: Some(child),
+            _tmp: None,
+        };
+        let up = wait_for(MOUNT_TIMEOUT, || {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("nixoci mount exited early ({status})\n--- log\n{}", m.log_text());
+            }
+            is_mounted(&m.mnt)
+        });
+        assert!(up, "{} not mounted after {MOUNT_TIMEOUT:?}\n--- log\n{}", mnt.display(), m.log_text());
+        m
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("daemon already stopped").id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until a log line contains every one of `parts`; panics with the log otherwise.
+    pub fn expect_log(&self, parts: &[&str], timeout: Duration) -> String {
+        let mut found = None;
+        wait_for(timeout, || {
+            found = self.log_text().lines().find(|l| parts.iter().all(|p| l.contains(p))).map(String::from);
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no log line containing all of {parts:?}\n--- log\n{}", self.log_text()))
+    }
+
+    /// SIGTERM, wait for the exit; returns the exit status and asserts the mount is gone.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut status = None;
+        wait_for(MOUNT_TIMEOUT, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        let status = status.unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            force_unmount(&self.mnt);
+            panic!("nixoci did not exit within {MOUNT_TIMEOUT:?} of SIGTERM\n--- log\n{}", self.log_text())
+        });
+        if is_mounted(&self.mnt) {
+            force_unmount(&self.mnt);
+            panic!("nixoci exited ({status}) but left {} mounted\n--- log\n{}", self.mnt.display(), self.log_text());
+        }
+        status
+    }
+
+    /// SIGKILL: the daemon dies without unmounting, leaving a stale mount (ENOTCONN).
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- nixoci log ({})\n{}", self.log.display(), self.log_text());
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            force_unmount(&self.mnt);
+            return;
+        }
+        if self.child.is_some() {
+            let status = self.stop();
+            assert!(status.success(), "nixoci exited with {status} on SIGTERM\n--- log\n{}", self.log_text());
+        } else if is_mounted(&self.mnt) {
+            force_unmount(&self.mnt);
+        }
+    }
+}
+
+/// Lazy unmount of whatever is left, so a failed test does not leave mounts behind.
+pub fn force_unmount(mnt: &Path) {
+    if is_mounted(mnt) {
+        let _ = Command::new("umount").arg("-l").arg(mnt).status();
+    }
+}
+
+/// podman with CONTAINERS_CONF set to tests/containers.conf and storage of its own, so parallel
+/// tests never wait on each other's locks.
+pub struct Podman {
+    root: PathBuf,
+    _tmp: TempDir,
+}
+
+impl Podman {
+    pub fn new() -> Podman {
+        require_tool("runc");
+        require_tool("conmon");
+        let (tmp, root) = temp_dir();
+        Podman { root, _tmp: tmp }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = tool("podman");
+        c.env("CONTAINERS_CONF", repo_dir().join("tests/containers.conf"))
+            .arg("--root")
+            .arg(self.root.join("root"))
+            .arg("--runroot")
+            .arg(self.root.join("run"))
+            .arg("--tmpdir")
+            .arg(self.root.join("tmp"));
+        c
+    }
+
+    /// Runs podman with `args`; panics with its output on failure.
+    pub fn run<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Output {
+        run(self.cmd().args(args))
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        // Container storage may keep overlay mounts under its root: take them down first.
+        let mut left: Vec<PathBuf> = mount_points().into_iter().filter(|p| p.starts_with(&self.root)).collect();
+        left.sort();
+        for p in left.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
