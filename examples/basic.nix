@@ -1,0 +1,5 @@
+{ n, f }:
+n.buildImage {
+  name = "basic";
+  config.entrypoint = [ "${f.hello}/bin/hello" ];
+}

@@ -1,0 +1,26 @@
+# nix2container's example list, rebuilt with busybox fixtures and nixoci's library.
+#   nix-build --option build-users-group "" examples --argstr nixoci "$PWD/target/debug/nixoci" -A hello
+{ nixoci, pkgs ? null }:
+let
+  n = import ../nix { inherit nixoci pkgs; };
+  f = import ./fixtures.nix { };
+  call = file: import file { inherit n f; };
+in
+{
+  hello = call ./hello.nix;
+  basic = call ./basic.nix;
+  openbar = call ./openbar.nix;
+  copyToRoot = call ./copy-to-root.nix;
+  layered = call ./layered.nix;
+  nested = call ./nested.nix;
+  ownership = call ./ownership.nix;
+  created = call ./created.nix;
+  metadata = call ./metadata.nix;
+  nix = call ./nix.nix;
+  fromImage = call ./from-image.nix;
+  fromImageBase = (call ./from-image.nix).base;
+  sizeLayered = call ./size-layered.nix;
+  app = import ./app.nix { inherit n; };
+  app2 = import ./app.nix { inherit n; variant = "app2"; };
+  fixtures = f;
+}
