@@ -1,0 +1,218 @@
+//! The images directory: which descriptions exist, loaded and indexed once per change of their
+//! file, with digests computed in the background. A bad description is logged once and hides
+//! nothing else.
+
+use crate::description::Description;
+use crate::digest::DigestCache;
+use crate::image::{prepare, Image, PreparedLayer};
+use crate::views::{self, Tree};
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+/// What identifies one version of a description file (symlink target and file metadata).
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Fingerprint(Option<PathBuf>, u64, u64, u64, i64, i64);
+
+fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
+    let link = std::fs::read_link(path).ok();
+    let md = std::fs::metadata(path)?;
+    Ok(Fingerprint(link, md.dev(), md.ino(), md.len(), md.mtime(), md.ctime_nsec()))
+}
+
+/// Image names every tool can take: lowercase alphanumerics separated by one `.`, `_` or `-`
+/// (the reference grammar's path component; `:` would split `oci:PATH:TAG`).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+        && !b.windows(2).any(|w| !w[0].is_ascii_alphanumeric() && !w[1].is_ascii_alphanumeric());
+    if !ok {
+        return Err(format!("name '{name}' is not usable by container tools: use lowercase letters and digits separated by single '.', '_' or '-'"));
+    }
+    if name.ends_with(".dir") || name.ends_with(".tar") {
+        return Err(format!("name '{name}' ends in .dir or .tar, which the mount uses for its other views"));
+    }
+    Ok(())
+}
+
+pub type Served = Arc<(Image, Tree)>;
+
+pub struct CatalogImage {
+    pub name: String,
+    pub serial: u64,
+    fingerprint: Fingerprint,
+    pending: Mutex<Option<(Description, Vec<PreparedLayer>)>>,
+    ready: OnceLock<Result<Served, String>>,
+    cache: Arc<DigestCache>,
+}
+
+impl CatalogImage {
+    /// The image with its digests, computed on first need (once; other callers wait).
+    pub fn get(&self) -> Result<Served, String> {
+        self.ready
+            .get_or_init(|| {
+                let (desc, layers) = self.pending.lock().unwrap().take().expect("prepared once");
+                let started = Instant::now();
+                let res = Image::build(&self.name, desc, layers, &self.cache).map(|img| {
+                    let tree = views::build(&self.name, &img);
+                    Arc::new((img, tree))
+                });
+                match &res {
+                    Ok(s) => log::info!("image {}: ready, manifest {} ({:.2?})", self.name, s.0.manifest.digest, started.elapsed()),
+                    Err(e) => log::error!("image {}: {e}", self.name),
+                }
+                res
+            })
+            .clone()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    by_name: BTreeMap<String, Arc<CatalogImage>>,
+    by_serial: HashMap<u64, Arc<CatalogImage>>,
+    /// Files that failed, with the version that failed, so each failure is logged once.
+    refused: HashMap<PathBuf, Option<Fingerprint>>,
+}
+
+pub struct Catalog {
+    dir: PathBuf,
+    cache: Arc<DigestCache>,
+    state: RwLock<State>,
+    scan_lock: Mutex<Instant>,
+    next_serial: AtomicU64,
+}
+
+impl Catalog {
+    pub fn new(dir: PathBuf, cache: DigestCache) -> Arc<Catalog> {
+        let c = Arc::new(Catalog {
+            dir,
+            cache: Arc::new(cache),
+            state: RwLock::default(),
+            scan_lock: Mutex::new(Instant::now() - Duration::from_secs(60)),
+            next_serial: AtomicU64::new(1),
+        });
+        c.scan();
+        c
+    }
+
+    pub fn names(&self) -> Vec<Arc<CatalogImage>> {
+        self.state.read().unwrap().by_name.values().cloned().collect()
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<Arc<CatalogImage>> {
+        self.state.read().unwrap().by_name.get(name).cloned()
+    }
+
+    pub fn by_serial(&self, serial: u64) -> Option<Arc<CatalogImage>> {
+        self.state.read().unwrap().by_serial.get(&serial).cloned()
+    }
+
+    /// Rescan unless a scan finished less than `min_age` ago.
+    pub fn refresh(&self, min_age: Duration) {
+        let last = self.scan_lock.lock().unwrap();
+        if last.elapsed() >= min_age {
+            drop(last);
+            self.scan();
+        }
+    }
+
+    fn refuse(&self, file: &Path, fp: Option<Fingerprint>, why: &str) {
+        let mut st = self.state.write().unwrap();
+        if st.refused.get(file) != Some(&fp) {
+            log::error!("refusing image description {}: {why}", file.display());
+            st.refused.insert(file.to_path_buf(), fp);
+        }
+    }
+
+    /// Read the directory, load what is new or changed, drop what is gone.
+    pub fn scan(&self) {
+        let mut last = self.scan_lock.lock().unwrap();
+        let mut found: BTreeMap<String, (PathBuf, Fingerprint)> = BTreeMap::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
+            Err(e) => {
+                log::error!("cannot read images directory {}: {e}", self.dir.display());
+                Vec::new()
+            }
+        };
+        let mut entries = entries;
+        entries.sort();
+        for file in entries {
+            let Some(fname) = file.file_name().and_then(|f| f.to_str()).map(str::to_string) else {
+                self.refuse(&file, None, "file name is not UTF-8");
+                continue;
+            };
+            if fname.starts_with('.') {
+                continue;
+            }
+            let name = fname.strip_suffix(".json").unwrap_or(&fname).to_string();
+            let fp = match fingerprint(&file) {
+                Ok(fp) => fp,
+                Err(e) => {
+                    self.refuse(&file, None, &format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            if let Err(e) = check_name(&name) {
+                self.refuse(&file, Some(fp), &e);
+                continue;
+            }
+            if let Some((other, _)) = found.get(&name) {
+                self.refuse(&file, Some(fp), &format!("image '{name}' is already described by {}", other.display()));
+                continue;
+            }
+            found.insert(name, (file, fp));
+        }
+
+        let current: BTreeMap<String, Arc<CatalogImage>> = self.state.read().unwrap().by_name.clone();
+        let mut next = BTreeMap::new();
+        for (name, (file, fp)) in found {
+            if let Some(img) = current.get(&name).filter(|i| i.fingerprint == fp) {
+                next.insert(name, img.clone());
+                continue;
+            }
+            if self.state.read().unwrap().refused.get(&file) == Some(&Some(fp.clone())) {
+                continue; // this very version failed before
+            }
+            match Description::load(&file).and_then(|d| prepare(&name, d)) {
+                Ok(prepared) => {
+                    let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+                    let img = Arc::new(CatalogImage {
+                        name: name.clone(),
+                        serial,
+                        fingerprint: fp,
+                        pending: Mutex::new(Some(prepared)),
+                        ready: OnceLock::new(),
+                        cache: self.cache.clone(),
+                    });
+                    log::info!("image {name}: loaded from {}", file.display());
+                    // Digests in the background, so the first client rarely waits.
+                    let bg = img.clone();
+                    std::thread::spawn(move || {
+                        let _ = bg.get();
+                    });
+                    self.state.write().unwrap().refused.remove(&file);
+                    next.insert(name, img);
+                }
+                Err(e) => self.refuse(&file, Some(fp), &e),
+            }
+        }
+        let mut st = self.state.write().unwrap();
+        for name in st.by_name.keys() {
+            if !next.contains_key(name) {
+                log::info!("image {name}: removed");
+            }
+        }
+        st.by_serial = next.values().map(|i| (i.serial, i.clone())).collect();
+        st.by_name = next;
+        *last = Instant::now();
+    }
+}

@@ -1,0 +1,128 @@
+//! The one-shot commands: export, digest, check. They read layers through the same index the
+//! mount serves from.
+
+use crate::blob::Blob;
+use crate::description::Description;
+use crate::digest::{hex, sha256_blob, DigestCache};
+use crate::image::{layer_digests, prepare, Image};
+use crate::views::{self, Node, Tree, ARCHIVE, DIR_ROOT, OCI_ROOT};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
+
+fn load(path: &Path) -> Result<(serde_json::Value, Description), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: malformed JSON: {e}", path.display()))?;
+    let desc = Description::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((value, desc))
+}
+
+/// An image name for a description file: its name without `.json`.
+pub fn name_of(path: &Path) -> String {
+    let f = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    f.strip_suffix(".json").unwrap_or(&f).to_string()
+}
+
+/// Copy a blob to a file, hashing it on the way when it has a digest to match.
+fn write_blob(blob: &dyn Blob, digest: Option<&str>, out: &Path) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("{}: {e}", out.display());
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out).map_err(fail)?);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < blob.size() {
+        let n = (blob.size() - offset).min(buf.len() as u64) as usize;
+        blob.read_at(offset, &mut buf[..n]).map_err(fail)?;
+        if digest.is_some() {
+            h.update(&buf[..n]);
+        }
+        f.write_all(&buf[..n]).map_err(fail)?;
+        offset += n as u64;
+    }
+    f.flush().map_err(fail)?;
+    if let Some(want) = digest {
+        let got = format!("sha256:{}", hex(&h.finalize()));
+        if got != want {
+            return Err(format!("{}: digest mismatch: the bytes hash to {got}, the description says {want}", out.display()));
+        }
+    }
+    Ok(())
+}
+
+fn materialize(tree: &Tree, node: usize, out: &Path) -> Result<(), String> {
+    match &tree.nodes[node] {
+        Node::Dir(children) => {
+            std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+            children.iter().try_for_each(|(name, id)| materialize(tree, *id, &out.join(name)))
+        }
+        Node::Blob(b) => write_blob(b.as_ref(), Some(&b.digest), out),
+        Node::Plain(b) => write_blob(b.as_ref(), None, out),
+    }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Format {
+    /// OCI image layout directory
+    Oci,
+    /// skopeo dir: layout directory
+    Dir,
+    /// docker-archive tar file
+    Archive,
+}
+
+pub fn export(desc_path: &Path, out: &Path, format: Format, cache: &DigestCache) -> Result<(), String> {
+    let (_, desc) = load(desc_path)?;
+    let name = name_of(desc_path);
+    let (desc, layers) = prepare(&name, desc)?;
+    let image = Image::build(&name, desc, layers, cache)?;
+    let tree = views::build(&name, &image);
+    let node = match format {
+        Format::Oci => OCI_ROOT,
+        Format::Dir => DIR_ROOT,
+        Format::Archive => ARCHIVE,
+    };
+    materialize(&tree, node, out)
+}
+
+/// The description with every layer's digest, diff_ids and size filled in.
+pub fn digest(desc_path: &Path, cache: &DigestCache) -> Result<String, String> {
+    let (mut value, desc) = load(desc_path)?;
+    let (_, layers) = prepare(&name_of(desc_path), desc)?;
+    let digests = layer_digests(&layers, cache)?;
+    let json_layers = value.get_mut("layers").and_then(|l| l.as_array_mut());
+    for ((l, d), v) in layers.iter().zip(&digests).zip(json_layers.into_iter().flatten()) {
+        v["digest"] = d.clone().into();
+        v["diff_ids"] = l.desc.diff_id.clone().unwrap_or_else(|| d.clone()).into();
+        v["size"] = l.blob.size().into();
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"\t"));
+    serde::Serialize::serialize(&value, &mut ser).unwrap();
+    out.push(b'\n');
+    Ok(String::from_utf8(out).unwrap())
+}
+
+/// Hash every layer and compare with the description; Ok(false) when something differs.
+pub fn check(desc_path: &Path) -> Result<bool, String> {
+    let (_, desc) = load(desc_path)?;
+    let (_, layers) = prepare(&name_of(desc_path), desc)?;
+    let mut ok = true;
+    for (i, l) in layers.iter().enumerate() {
+        let got = sha256_blob(l.blob.as_ref()).map_err(|e| format!("layer {i}: {e}"))?;
+        let size = l.blob.size();
+        let mut problems = Vec::new();
+        if let Some(want) = l.desc.digest.as_ref().filter(|w| **w != got) {
+            problems.push(format!("digest {want} in the description, {got} from the store"));
+        }
+        if let Some(want) = l.desc.size.filter(|w| *w != size) {
+            problems.push(format!("size {want} in the description, {size} from the store"));
+        }
+        if problems.is_empty() {
+            println!("layer {i}: ok {got} ({size} bytes)");
+        } else {
+            ok = false;
+            println!("layer {i}: MISMATCH: {}", problems.join("; "));
+        }
+    }
+    Ok(ok)
+}

@@ -1,0 +1,113 @@
+//! SHA-256 of blobs, read through the same `read_at` that serves them, and an on-disk cache of
+//! layer digests keyed by everything that decides the layer's bytes.
+
+use crate::blob::Blob;
+use crate::description::PathSpec;
+use sha2::{Digest, Sha256};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+
+const CHUNK: usize = 1 << 20;
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_bytes(data: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(data)))
+}
+
+/// `sha256:<hex>` of a whole blob. Reading and hashing run in two threads, so the digest costs
+/// about the hashing alone (SHA-NI where the CPU has it).
+pub fn sha256_blob(blob: &dyn Blob) -> io::Result<String> {
+    let size = blob.size();
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(3);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(4);
+    for _ in 0..4 {
+        free_tx.send(vec![0u8; CHUNK]).unwrap();
+    }
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> io::Result<()> {
+            let mut offset = 0u64;
+            while offset < size {
+                let Ok(mut buf) = free_rx.recv() else { return Ok(()) };
+                let n = (size - offset).min(CHUNK as u64) as usize;
+                let got = blob.read_at(offset, &mut buf[..n])?;
+                if got != n {
+                    return Err(io::Error::other(format!("blob ended at {} of {size} bytes", offset + got as u64)));
+                }
+                offset += n as u64;
+                if full_tx.send((buf, n)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        });
+        let mut h = Sha256::new();
+        for (buf, n) in full_rx {
+            h.update(&buf[..n]);
+            let _ = free_tx.send(buf);
+        }
+        reader.join().unwrap()?;
+        Ok(format!("sha256:{}", hex(&h.finalize())))
+    })
+}
+
+/// Cached digests of path layers. A key covers the encoder version, each path with its options
+/// and the identity of the store path on disk (device, inode, ctime): a path deleted and made
+/// again gets a new key, so a stale digest is never served.
+pub struct DigestCache {
+    dir: Option<PathBuf>,
+}
+
+const ENCODER_VERSION: &str = "nixoci-layer-1";
+
+impl DigestCache {
+    pub fn new(dir: Option<PathBuf>) -> DigestCache {
+        if let Some(d) = &dir {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                log::warn!("digest cache {} unusable ({e}): digests will not be kept", d.display());
+                return DigestCache { dir: None };
+            }
+        }
+        DigestCache { dir }
+    }
+
+    pub fn default_dir() -> PathBuf {
+        if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("nixoci");
+        }
+        match std::env::var_os("HOME").filter(|x| !x.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".cache/nixoci"),
+            None => PathBuf::from("/var/cache/nixoci"),
+        }
+    }
+
+    pub fn key(specs: &[PathSpec]) -> io::Result<String> {
+        let mut k = format!("{ENCODER_VERSION}\n");
+        for s in specs {
+            let md = std::fs::symlink_metadata(&s.path)?;
+            k += &format!("{}\0{} {} {}.{}\n", s.identity(), md.dev(), md.ino(), md.ctime(), md.ctime_nsec());
+        }
+        Ok(hex(&Sha256::digest(k.as_bytes())))
+    }
+
+    pub fn get(&self, key: &str, size: u64) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.as_ref()?.join(key)).ok()?;
+        let (digest, sz) = text.trim().split_once(' ')?;
+        (sz.parse::<u64>().ok()? == size && digest.len() == 71).then(|| digest.to_string())
+    }
+
+    /// Written to a temporary file and renamed, so a reader never sees half an entry.
+    pub fn put(&self, key: &str, digest: &str, size: u64) {
+        let Some(dir) = &self.dir else { return };
+        let tmp = dir.join(format!(".{key}.{}", std::process::id()));
+        let res = std::fs::write(&tmp, format!("{digest} {size}\n")).and_then(|_| std::fs::rename(&tmp, dir.join(key)));
+        if let Err(e) = res {
+            log::warn!("cannot write digest cache entry in {}: {e}", dir.display());
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The FUSE adaptor: inodes over the catalog's image trees, read-only.
+//!
+//! Inode 1 is the mount root; an image's node `n` is `serial << 20 | n`, so a changed
+//! description (new serial) gets new inodes and everything under it can be cached for long.
+
+use crate::catalog::{Catalog, CatalogImage, Served};
+use crate::digest::hex;
+use crate::image::ServedBlob;
+use crate::views::{top_names, Node, ARCHIVE, DIR_ROOT, OCI_ROOT};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
+};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+const ROOT: u64 = 1;
+const NODE_BITS: u32 = 20;
+/// Names at the top change when descriptions do.
+const SHORT_TTL: Duration = Duration::from_secs(1);
+/// Everything under an image is immutable for the life of its inodes.
+const LONG_TTL: Duration = Duration::from_secs(3600);
+/// Out-of-order reads kept while verifying a blob, before giving up on verifying that open.
+const MAX_PENDING: usize = 16 << 20;
+
+fn inode(serial: u64, node: usize) -> u64 {
+    serial << NODE_BITS | node as u64
+}
+
+fn split(ino: u64) -> (u64, usize) {
+    (ino >> NODE_BITS, (ino & ((1 << NODE_BITS) - 1)) as usize)
+}
+
+fn attr(ino: u64, kind: FileType, size: u64) -> FileAttr {
+    let t = UNIX_EPOCH + Duration::from_secs(1);
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind,
+        perm: if kind == FileType::Directory { 0o555 } else { 0o444 },
+        nlink: if kind == FileType::Directory { 2 } else { 1 },
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        flags: 0,
+        blksize: 1 << 20,
+    }
+}
+
+/// Hashes a blob as it is served, when its reads come in order from offset 0.
+struct Verifier {
+    hasher: Sha256,
+    next: u64,
+    pending: BTreeMap<u64, Vec<u8>>,
+    pending_bytes: usize,
+}
+
+struct Handle {
+    blob: Arc<dyn crate::blob::Blob>,
+    /// Set for content-addressed blobs not verified yet.
+    verify: Option<(Arc<ServedBlob>, Mutex<Option<Verifier>>)>,
+}
+
+impl Handle {
+    /// Feed served bytes; Err when the blob just proved to differ from its digest.
+    fn check(&self, offset: u64, data: &[u8]) -> Result<(), ()> {
+        let Some((sb, state)) = &self.verify else { return Ok(()) };
+        let mut guard = state.lock().unwrap();
+        let Some(v) = guard.as_mut() else { return Ok(()) };
+        if offset > v.next {
+            v.pending_bytes += data.len();
+            v.pending.insert(offset, data.to_vec());
+            if v.pending_bytes > MAX_PENDING {
+                *guard = None; // too scattered to follow: a later sequential open will verify
+            }
+            return Ok(());
+        }
+        if offset + data.len() as u64 <= v.next {
+            return Ok(()); // re-read of bytes already hashed
+        }
+        v.hasher.update(&data[(v.next - offset) as usize..]);
+        v.next = offset + data.len() as u64;
+        while let Some(entry) = v.pending.first_entry() {
+            if *entry.key() > v.next {
+                break;
+            }
+            let (at, chunk) = entry.remove_entry();
+            v.pending_bytes -= chunk.len();
+            if at + chunk.len() as u64 > v.next {
+                v.hasher.update(&chunk[(v.next - at) as usize..]);
+                v.next = at + chunk.len() as u64;
+            }
+        }
+        if v.next < sb.size() {
+            return Ok(());
+        }
+        let got = format!("sha256:{}", hex(&std::mem::take(&mut v.hasher).finalize()));
+        *guard = None;
+        if got == sb.digest {
+            sb.verified.store(true, Ordering::Relaxed);
+            Ok(())
+        } else {
+            sb.fail(format!("digest mismatch: the bytes served hash to {got}, the description says {}", sb.digest));
+            Err(())
+        }
+    }
+}
+
+pub struct NixociFs {
+    catalog: Arc<Catalog>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+}
+
+impl NixociFs {
+    pub fn new(catalog: Arc<Catalog>) -> NixociFs {
+        NixociFs { catalog, handles: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
+    }
+
+    fn image(&self, serial: u64) -> Result<Arc<CatalogImage>, Errno> {
+        self.catalog.by_serial(serial).ok_or(Errno::ENOENT)
+    }
+
+    fn served(&self, img: &CatalogImage) -> Result<Served, Errno> {
+        img.get().map_err(|_| Errno::EIO)
+    }
+
+    fn node_attr(&self, served: &Served, serial: u64, node: usize) -> FileAttr {
+        let i = inode(serial, node);
+        match &served.1.nodes[node] {
+            Node::Dir(_) => attr(i, FileType::Directory, 0),
+            Node::Blob(b) => attr(i, FileType::RegularFile, b.size()),
+            Node::Plain(b) => attr(i, FileType::RegularFile, b.size()),
+        }
+    }
+
+    /// Attributes of an image node; the two view directories need no digests.
+    fn image_attr(&self, img: &CatalogImage, node: usize) -> Result<FileAttr, Errno> {
+        if node == OCI_ROOT || node == DIR_ROOT {
+            return Ok(attr(inode(img.serial, node), FileType::Directory, 0));
+        }
+        let served = self.served(img)?;
+        if node == 0 || node >= served.1.nodes.len() {
+            return Err(Errno::ENOENT);
+        }
+        Ok(self.node_attr(&served, img.serial, node))
+    }
+
+    fn lookup_top(&self, name: &str) -> Option<(Arc<CatalogImage>, usize)> {
+        let base = name.strip_suffix(".dir").or_else(|| name.strip_suffix(".tar")).unwrap_or(name);
+        let img = self.catalog.by_name(base)?;
+        let node = top_names(&img.name).into_iter().find(|(n, _)| n == name)?.1;
+        Some((img, node))
+    }
+
+    fn do_lookup(&self, parent: u64, name: &str) -> Result<(Duration, FileAttr), Errno> {
+        if parent == ROOT {
+            let found = self.lookup_top(name).or_else(|| {
+                self.catalog.refresh(Duration::from_millis(200)); // a description just added appears at once
+                self.lookup_top(name)
+            });
+            let (img, node) = found.ok_or(Errno::ENOENT)?;
+            return Ok((SHORT_TTL, self.image_attr(&img, node)?));
+        }
+        let (serial, dir) = split(parent);
+        let img = self.image(serial)?;
+        let served = self.served(&img)?;
+        let node = served.1.lookup(dir, name).ok_or(Errno::ENOENT)?;
+        Ok((LONG_TTL, self.node_attr(&served, serial, node)))
+    }
+
+    fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let h = self.handles.lock().unwrap().get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let len = (h.blob.size().saturating_sub(offset)).min(size as u64) as usize;
+        let mut buf = vec![0u8; len];
+        if let Err(e) = h.blob.read_at(offset, &mut buf) {
+            let what = h.verify.as_ref().map_or("file".to_string(), |(sb, _)| sb.label.clone());
+            log::error!("read of {what} at {offset}: {e}");
+            return Err(Errno::EIO);
+        }
+        h.check(offset, &buf).map_err(|()| Errno::EIO)?;
+        Ok(buf)
+    }
+}
+
+impl Filesystem for NixociFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Large read requests: max_pages follows max(max_write, max_readahead).
+        let _ = config.set_max_write(4 << 20);
+        let _ = config.set_max_readahead(4 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
+        match self.do_lookup(parent.0, name) {
+            Ok((ttl, a)) => reply.entry(&ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino.0 == ROOT {
+            return reply.attr(&SHORT_TTL, &attr(ROOT, FileType::Directory, 0));
+        }
+        let (serial, node) = split(ino.0);
+        match self.image(serial).and_then(|img| self.image_attr(&img, node)) {
+            Ok(a) => reply.attr(&LONG_TTL, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let mut entries: Vec<(u64, FileType, String)> =
+            vec![(ino.0, FileType::Directory, ".".into()), (ROOT, FileType::Directory, "..".into())];
+        if ino.0 == ROOT {
+            if offset == 0 {
+                self.catalog.refresh(Duration::from_millis(200));
+            }
+            for img in self.catalog.names() {
+                for (name, node) in top_names(&img.name) {
+                    let kind = if node == ARCHIVE { FileType::RegularFile } else { FileType::Directory };
+                    entries.push((inode(img.serial, node), kind, name));
+                }
+            }
+        } else {
+            let (serial, dir) = split(ino.0);
+            let listed = self.image(serial).and_then(|img| self.served(&img)).and_then(|served| match &served.1.nodes.get(dir) {
+                Some(Node::Dir(children)) => Ok(children
+                    .iter()
+                    .map(|(name, id)| {
+                        let kind = if matches!(served.1.nodes[*id], Node::Dir(_)) { FileType::Directory } else { FileType::RegularFile };
+                        (inode(serial, *id), kind, name.clone())
+                    })
+                    .collect::<Vec<_>>()),
+                _ => Err(Errno::ENOTDIR),
+            });
+            match listed {
+                Ok(l) => entries.extend(l),
+                Err(e) => return reply.error(e),
+            }
+        }
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (serial, node) = split(ino.0);
+        let handle = self.image(serial).and_then(|img| self.served(&img)).and_then(|served| match served.1.nodes.get(node) {
+            Some(Node::Blob(sb)) => {
+                if let Some(why) = sb.failure() {
+                    log::error!("open of {}: {why}", sb.label);
+                    return Err(Errno::EIO);
+                }
+                let verify = (!sb.verified.load(Ordering::Relaxed)).then(|| {
+                    let v = Verifier { hasher: Sha256::new(), next: 0, pending: BTreeMap::new(), pending_bytes: 0 };
+                    (sb.clone(), Mutex::new(Some(v)))
+                });
+                Ok(Handle { blob: sb.clone(), verify })
+            }
+            Some(Node::Plain(b)) => Ok(Handle { blob: b.clone(), verify: None }),
+            Some(Node::Dir(_)) => Err(Errno::EISDIR),
+            None => Err(Errno::ENOENT),
+        });
+        match handle {
+            Ok(h) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.handles.lock().unwrap().insert(fh, Arc::new(h));
+                // Blobs never change under an inode: keep the page cache across opens.
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.do_read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+}

@@ -1,0 +1,207 @@
+//! From a description to an image: layer blobs (indexed from the store), their digests (given,
+//! cached or computed in parallel), and the byte-stable OCI config, manifest and index.json.
+
+use crate::blob::{Blob, FileBlob};
+use crate::description::{Description, Layer, LayerSource};
+use crate::digest::{sha256_blob, sha256_bytes, DigestCache};
+use crate::layer::LayerIndex;
+use serde_json::{json, Value};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A blob as served: its digest, and a failure that sticks once its bytes proved wrong.
+pub struct ServedBlob {
+    pub digest: String,
+    pub media_type: String,
+    pub blob: Arc<dyn Blob>,
+    /// Where the bytes come from, for log lines.
+    pub label: String,
+    failure: Mutex<Option<String>>,
+    /// Its bytes were hashed once through the read path and matched: no need to hash them again.
+    pub verified: AtomicBool,
+}
+
+impl ServedBlob {
+    pub fn new(digest: String, media_type: &str, blob: Arc<dyn Blob>, label: String) -> ServedBlob {
+        ServedBlob { digest, media_type: media_type.into(), blob, label, failure: Mutex::new(None), verified: AtomicBool::new(false) }
+    }
+    pub fn hex(&self) -> &str {
+        &self.digest["sha256:".len()..]
+    }
+    pub fn size(&self) -> u64 {
+        self.blob.size()
+    }
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap().clone()
+    }
+    /// From now on every read of this blob fails.
+    pub fn fail(&self, why: String) {
+        log::error!("{}: {why}; the blob fails from now on", self.label);
+        *self.failure.lock().unwrap() = Some(why);
+    }
+    pub fn descriptor(&self) -> Value {
+        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size()})
+    }
+}
+
+impl Blob for ServedBlob {
+    fn size(&self) -> u64 {
+        self.blob.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(why) = self.failure() {
+            return Err(io::Error::other(why));
+        }
+        self.blob.read_at(offset, buf)
+    }
+}
+
+/// A layer whose bytes are known (indexed) but whose digest may not be yet.
+pub struct PreparedLayer {
+    pub blob: Arc<dyn Blob>,
+    pub desc: Layer,
+    /// A size the description claims that the store does not give: the layer cannot be served.
+    pub size_mismatch: Option<String>,
+    label: String,
+}
+
+/// Index every layer from the store. Fails when a path is missing or a layer cannot be made.
+pub fn prepare(image: &str, desc: Description) -> Result<(Description, Vec<PreparedLayer>), String> {
+    let mut d = desc;
+    let layers = std::mem::take(&mut d.layers);
+    let mut out = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.into_iter().enumerate() {
+        let (blob, label): (Arc<dyn Blob>, String) = match &layer.source {
+            LayerSource::Paths(specs) => {
+                let idx = LayerIndex::build(specs).map_err(|e| format!("layer {i}: {e}"))?;
+                let paths: Vec<&str> = specs.iter().map(|s| s.path.as_str()).collect();
+                (Arc::new(idx), format!("image {image} layer {i} ({})", paths.join(" ")))
+            }
+            LayerSource::File(path) => (Arc::new(FileBlob::open(path).map_err(|e| format!("layer {i}: {e}"))?), format!("image {image} layer {i} ({path})")),
+        };
+        let size_mismatch = layer
+            .size
+            .filter(|&s| s != blob.size())
+            .map(|s| format!("the description says {s} bytes but the store gives {} (the store paths hold other bytes than when it was made)", blob.size()));
+        out.push(PreparedLayer { blob, desc: layer, size_mismatch, label });
+    }
+    Ok((d, out))
+}
+
+impl PreparedLayer {
+    fn cache_key(&self) -> Option<String> {
+        match &self.desc.source {
+            LayerSource::Paths(specs) => DigestCache::key(specs).ok(),
+            LayerSource::File(_) => None,
+        }
+    }
+}
+
+/// Digests for every layer: the given one, else the cached one, else computed (in parallel).
+pub fn layer_digests(layers: &[PreparedLayer], cache: &DigestCache) -> Result<Vec<String>, String> {
+    let mut digests: Vec<Option<String>> = layers
+        .iter()
+        .map(|l| l.desc.digest.clone().or_else(|| cache.get(&l.cache_key()?, l.blob.size())))
+        .collect();
+    let todo: Vec<usize> = (0..layers.len()).filter(|&i| digests[i].is_none()).collect();
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(todo.len());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let r = sha256_blob(layers[i].blob.as_ref()).map_err(|e| format!("{}: {e}", layers[i].label));
+                    results.lock().unwrap().push((i, r));
+                }
+            });
+        }
+    });
+    for (i, r) in results.into_inner().unwrap() {
+        let d = r?;
+        if let Some(key) = layers[i].cache_key() {
+            cache.put(&key, &d, layers[i].blob.size());
+        }
+        digests[i] = Some(d);
+    }
+    Ok(digests.into_iter().map(Option::unwrap).collect())
+}
+
+/// An image ready to serve.
+pub struct Image {
+    pub tag: String,
+    pub manifest: Arc<ServedBlob>,
+    pub config: Arc<ServedBlob>,
+    pub layers: Vec<Arc<ServedBlob>>,
+    pub index_json: Vec<u8>,
+}
+
+impl Image {
+    pub fn build(name: &str, desc: Description, layers: Vec<PreparedLayer>, cache: &DigestCache) -> Result<Image, String> {
+        let digests = layer_digests(&layers, cache)?;
+        let mut served = Vec::new();
+        let mut diff_ids = Vec::new();
+        let mut history = Vec::new();
+        for (l, digest) in layers.into_iter().zip(digests) {
+            diff_ids.push(l.desc.diff_id.clone().unwrap_or_else(|| digest.clone()));
+            history.push(Value::Object(l.desc.history.clone()));
+            let sb = ServedBlob::new(digest, &l.desc.media_type, l.blob, l.label);
+            // A digest nixoci made itself came from these very bytes through the same read path.
+            sb.verified.store(l.desc.digest.is_none(), Ordering::Relaxed);
+            if let Some(why) = l.size_mismatch {
+                sb.fail(why);
+            }
+            served.push(Arc::new(sb));
+        }
+        let mut config = serde_json::Map::new();
+        if let Some(c) = &desc.created {
+            config.insert("created".into(), json!(c));
+        }
+        config.insert("architecture".into(), json!(desc.arch));
+        config.insert("os".into(), json!("linux"));
+        config.insert("config".into(), Value::Object(desc.image_config));
+        config.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
+        config.insert("history".into(), Value::Array(history));
+        let config_bytes = serde_json::to_vec(&config).unwrap();
+        let config = Arc::new(ServedBlob::new(
+            sha256_bytes(&config_bytes),
+            CONFIG_TYPE,
+            Arc::new(config_bytes),
+            format!("image {name} config"),
+        ));
+        let manifest_json = json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": config.descriptor(),
+            "layers": served.iter().map(|l| l.descriptor()).collect::<Vec<_>>(),
+        });
+        let manifest_bytes = serde_json::to_vec(&manifest_json).unwrap();
+        let manifest = Arc::new(ServedBlob::new(
+            sha256_bytes(&manifest_bytes),
+            MANIFEST_TYPE,
+            Arc::new(manifest_bytes),
+            format!("image {name} manifest"),
+        ));
+        let mut desc_json = manifest.descriptor();
+        desc_json["annotations"] = json!({"org.opencontainers.image.ref.name": desc.tag});
+        let index_json =
+            serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [desc_json]})).unwrap();
+        Ok(Image { tag: desc.tag, manifest, config, layers: served, index_json })
+    }
+
+    /// Every distinct blob: manifest, config, layers (an image may hold the same layer twice).
+    pub fn blobs(&self) -> Vec<Arc<ServedBlob>> {
+        let mut all = vec![self.manifest.clone(), self.config.clone()];
+        for l in &self.layers {
+            if !all.iter().any(|b| b.digest == l.digest) {
+                all.push(l.clone());
+            }
+        }
+        all
+    }
+}

@@ -1,0 +1,12 @@
+//! nixoci: Nix image descriptions served as OCI image layouts, with layer tars made on read.
+
+pub mod blob;
+pub mod catalog;
+pub mod commands;
+pub mod description;
+pub mod digest;
+pub mod fs;
+pub mod image;
+pub mod layer;
+pub mod mount;
+pub mod views;

@@ -1,0 +1,70 @@
+use clap::{Parser, Subcommand};
+use nixoci::commands::{self, Format};
+use nixoci::digest::DigestCache;
+use std::path::PathBuf;
+
+/// Mount Nix image descriptions as OCI image layouts; layer tars are made on read.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every description in --images as NAME/ (OCI layout), NAME.dir/ (skopeo dir:) and
+    /// NAME.tar (docker-archive) under MOUNTPOINT, until SIGINT or SIGTERM.
+    Mount {
+        mountpoint: PathBuf,
+        /// Directory of descriptions: files or symlinks named NAME or NAME.json
+        #[arg(long)]
+        images: PathBuf,
+        /// Where computed layer digests are kept [default: $XDG_CACHE_HOME/nixoci or ~/.cache/nixoci]
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// FUSE worker threads
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// Write an image as real files, read through the same code the mount serves from.
+    Export {
+        description: PathBuf,
+        /// Output directory (a file for --format archive)
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Oci)]
+        format: Format,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Print the description with every layer's digest, diff_ids and size filled in.
+    Digest {
+        description: PathBuf,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Hash every layer from the store and report any that differs from the description.
+    Check { description: PathBuf },
+}
+
+fn cache(dir: Option<PathBuf>) -> DigestCache {
+    DigestCache::new(Some(dir.unwrap_or_else(DigestCache::default_dir)))
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match Cli::parse().command {
+        Command::Mount { mountpoint, images, cache_dir, threads } => nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads),
+        Command::Export { description, out, format, cache_dir } => commands::export(&description, &out, format, &cache(cache_dir)),
+        Command::Digest { description, cache_dir } => commands::digest(&description, &cache(cache_dir)).map(|s| print!("{s}")),
+        Command::Check { description } => match commands::check(&description) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = result {
+        eprintln!("nixoci: {e}");
+        std::process::exit(1);
+    }
+}
