@@ -22,5 +22,6 @@ in
   sizeLayered = call ./size-layered.nix;
   app = import ./app.nix { inherit n; };
   app2 = import ./app.nix { inherit n; variant = "app2"; };
+  appWith = message: import ./app.nix { inherit n message; };
   fixtures = f;
 }

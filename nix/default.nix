@@ -134,7 +134,7 @@ let
       template = "{\"digest\":\"@digest@\",\"size\":@size@,\"diff_ids\":\"@digest@\""
         + optionalString (!reproducible) ",\"layer-path\":\"@layerpath@\"" + tail;
       passAsFile = [ "description" "template" ];
-      storePaths = map (e: withContext e.path) entries;
+      storePaths = map (e: e.ctx or (withContext e.path)) entries;
       nixoci = nixociBin;
     } ''
       set -e
@@ -357,6 +357,7 @@ let
       nixDatabase = makeNixDatabase (concatMap (u: u.nixociGraph) units0);
       dbEntry = {
         path = unsafeDiscardStringContext (toString nixDatabase);
+        ctx = "${nixDatabase}";
         rewrite = { regex = "^${dbEntry.path}"; repl = ""; };
         perms = [ { regex = ".*"; mode = "0755"; uid = nixUid; gid = nixGid; } ];
       };
