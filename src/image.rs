@@ -79,6 +79,13 @@ pub fn prepare(image: &str, desc: Description) -> Result<(Description, Vec<Prepa
         let (blob, label): (Arc<dyn Blob>, String) = match &layer.source {
             LayerSource::Paths(specs) => {
                 let idx = LayerIndex::build(specs).map_err(|e| format!("layer {i}: {e}"))?;
+                log::info!(
+                    "image {image} layer {i}: {} entries, {} bytes of index ({} per entry), {} bytes of tar",
+                    idx.entries(),
+                    idx.index_bytes(),
+                    idx.index_bytes() / idx.entries().max(1),
+                    idx.size()
+                );
                 let paths: Vec<&str> = specs.iter().map(|s| s.path.as_str()).collect();
                 (Arc::new(idx), format!("image {image} layer {i} ({})", paths.join(" ")))
             }

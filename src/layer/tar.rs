@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn pax_record_length_counts_itself() {
-        assert_eq!(pax_record("path", b"a"), b"11 path=a\n");
+        assert_eq!(pax_record("path", b"a"), b"9 path=a\n");
         // 99 bytes of payload push the length from 2 to 3 digits.
         let v = vec![b'x'; 92];
         let rec = pax_record("path", &v);
