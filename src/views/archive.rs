@@ -38,12 +38,24 @@ pub fn docker_manifest(name: &str, image: &Image) -> Vec<u8> {
     .unwrap()
 }
 
+/// index.json as the archive holds it: the OCI layout's, plus the image name under
+/// `io.containerd.image.name` (as Docker >= 25 writes it). podman load tries oci-archive before
+/// docker-archive and names the image from this annotation, else from `ref.name`, which is only
+/// the tag (it would load as `localhost/latest:latest`).
+pub fn archive_index(name: &str, image: &Image) -> Vec<u8> {
+    let mut index: serde_json::Value = serde_json::from_slice(&image.index_json).unwrap();
+    for m in index["manifests"].as_array_mut().unwrap() {
+        m["annotations"]["io.containerd.image.name"] = json!(format!("{name}:{}", image.tag));
+    }
+    serde_json::to_vec(&index).unwrap()
+}
+
 pub fn build(name: &str, image: &Image) -> Concat {
     let mut parts = Vec::new();
     // Small files first: readers scan from the start for manifest.json.
     member(&mut parts, "manifest.json", Arc::new(docker_manifest(name, image)));
     member(&mut parts, "oci-layout", Arc::new(OCI_LAYOUT.to_vec()));
-    member(&mut parts, "index.json", Arc::new(image.index_json.clone()));
+    member(&mut parts, "index.json", Arc::new(archive_index(name, image)));
     for b in image.blobs() {
         member(&mut parts, &format!("blobs/sha256/{}", b.hex()), b);
     }
