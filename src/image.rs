@@ -78,9 +78,11 @@ pub fn prepare(image: &str, desc: Description) -> Result<(Description, Vec<Prepa
     for (i, layer) in layers.into_iter().enumerate() {
         let (blob, label): (Arc<dyn Blob>, String) = match &layer.source {
             LayerSource::Paths(specs) => {
+                let started = std::time::Instant::now();
                 let idx = LayerIndex::build(specs).map_err(|e| format!("layer {i}: {e}"))?;
                 log::info!(
-                    "image {image} layer {i}: {} entries, {} bytes of index ({} per entry), {} bytes of tar",
+                    "image {image} layer {i}: indexed in {:.2?}: {} entries, {} bytes of index ({} per entry), {} bytes of tar",
+                    started.elapsed(),
                     idx.entries(),
                     idx.index_bytes(),
                     idx.index_bytes() / idx.entries().max(1),

@@ -41,25 +41,25 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn visit(&mut self, si: usize, src: &mut Vec<u8>) -> Result<(), String> {
-        let path = OsStr::from_bytes(src);
-        let md = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read '{}': {e}", path.to_string_lossy()))?;
+    /// Record `src` and, for a directory, its children in name order (like Go's filepath.Walk).
+    fn visit(&mut self, si: usize, src: &mut Vec<u8>, md: std::fs::Metadata) -> Result<(), String> {
         self.record(si, src, &md)?;
-        if md.is_dir() {
-            let rd = std::fs::read_dir(OsStr::from_bytes(src))
-                .map_err(|e| format!("cannot list '{}': {e}", String::from_utf8_lossy(src)))?;
-            let mut names = rd
-                .map(|d| d.map(|d| d.file_name().into_vec()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("cannot list '{}': {e}", String::from_utf8_lossy(src)))?;
-            names.sort();
-            for n in names {
-                let len = src.len();
-                src.push(b'/');
-                src.extend_from_slice(&n);
-                self.visit(si, src)?;
-                src.truncate(len);
-            }
+        if !md.is_dir() {
+            return Ok(());
+        }
+        let shown = |e: std::io::Error, src: &[u8]| format!("cannot list '{}': {e}", String::from_utf8_lossy(src));
+        let mut children = std::fs::read_dir(OsStr::from_bytes(src))
+            .map_err(|e| shown(e, src))?
+            .map(|d| d.and_then(|d| Ok((d.file_name().into_vec(), d.metadata()?))))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| shown(e, src))?;
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, md) in children {
+            let len = src.len();
+            src.push(b'/');
+            src.extend_from_slice(&name);
+            self.visit(si, src, md)?;
+            src.truncate(len);
         }
         Ok(())
     }
@@ -139,8 +139,9 @@ pub fn walk(specs: &[PathSpec]) -> Result<(Vec<Entry>, Arena), String> {
     let root = arena.push(b"root");
     let mut w = Walker { specs, arena, root, out: Vec::new() };
     for si in 0..specs.len() {
-        let mut src = specs[si].path.as_bytes().to_vec();
-        w.visit(si, &mut src)?;
+        let path = &specs[si].path;
+        let md = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
+        w.visit(si, &mut path.as_bytes().to_vec(), md)?;
     }
     let mut walked = std::mem::take(&mut w.out);
     // Stable: entries with the same name stay in walk order, so the later path wins.
