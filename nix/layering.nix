@@ -95,7 +95,13 @@ rec {
             (a: b: a.n > b.n || (a.n == b.n && (a.size > b.size || (a.size == b.size && lessThan (head a.paths) (head b.paths)))))
             (map (k: let ps = map (x: x.p) shared.${k}; in { paths = ps; n = (head shared.${k}).n; size = groupSize ps; }) (attrNames shared));
           seedGroups = map (seed: [ seed ] ++ map (x: x.p) (own.${seed} or [ ])) seeds;
-          groups = map (g: g.paths) sharedGroups ++ seedGroups ++ (if loose == [ ] then [ ] else [ loose ]);
+          # Layers left over go to the largest loose paths (loose is in size order), the
+          # rest of them staying together on top.
+          fixed = map (g: g.paths) sharedGroups ++ seedGroups;
+          spare = maxLayers - length fixed - 1;
+          peel = if loose == [ ] || spare <= 0 then 0 else min spare (length loose - 1);
+          groups = fixed ++ map (p: [ p ]) (take peel loose)
+            ++ (if loose == [ ] then [ ] else [ (drop peel loose) ]);
         in
         if s == 0 || length groups <= maxLayers then groups else plan (s - 1);
     in
