@@ -159,20 +159,20 @@ pub fn walk(specs: &[PathSpec]) -> Result<(Vec<Entry>, Arena), String> {
     let mut entries: Vec<Entry> = merged.into_iter().map(|m| m.entry).collect();
 
     // Ancestors nobody walked (`/`, `/nix`, `/nix/store`, …) become plain 0755 directories.
-    let mut known: HashSet<Vec<u8>> = entries.iter().map(|e| w.arena.get(e.name).to_vec()).collect();
-    let mut missing = Vec::new();
-    for e in &entries {
-        let mut p = parent(w.arena.get(e.name)).map(<[u8]>::to_vec);
-        while let Some(dir) = p {
-            if known.contains(&dir) {
-                break;
+    let missing = {
+        let known: HashSet<&[u8]> = entries.iter().map(|e| w.arena.get(e.name)).collect();
+        let mut missing: Vec<Vec<u8>> = Vec::new();
+        let mut added: HashSet<&[u8]> = HashSet::new();
+        for e in &entries {
+            let mut p = parent(w.arena.get(e.name));
+            while let Some(dir) = p.filter(|d| !known.contains(d) && !added.contains(d)) {
+                added.insert(dir);
+                missing.push(dir.to_vec());
+                p = parent(dir);
             }
-            p = parent(&dir).map(<[u8]>::to_vec);
-            known.insert(dir.clone());
-            missing.push(dir);
         }
-    }
-    drop(known);
+        missing
+    };
     for dir in missing {
         let name = w.arena.push(&dir);
         entries.push(Entry {
