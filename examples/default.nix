@@ -1,6 +1,6 @@
 # nix2container's example list, rebuilt with busybox fixtures and nixoci's library.
 #   nix-build --option build-users-group "" examples --argstr nixoci "$PWD/target/debug/nixoci" -A hello
-{ nixoci, pkgs ? null }:
+{ nixoci, pkgs ? null, baseDir ? null }:
 let
   n = import ../nix { inherit nixoci pkgs; };
   f = import ./fixtures.nix { };
@@ -20,6 +20,9 @@ in
   fromImage = call ./from-image.nix;
   fromImageBase = (call ./from-image.nix).base;
   sizeLayered = call ./size-layered.nix;
+  nonReproducible = call ./non-reproducible.nix;
+  # baseDir: a skopeo dir: layout in the store (the test exports fromImageBase to one)
+  fromDir = import ./from-dir.nix { inherit n f baseDir; };
   app = import ./app.nix { inherit n; };
   app2 = import ./app.nix { inherit n; variant = "app2"; };
   appWith = message: import ./app.nix { inherit n message; };

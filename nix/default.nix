@@ -140,19 +140,24 @@ let
       set -e
       export XDG_CACHE_HOME="$TMPDIR/cache" HOME="$TMPDIR"
       mkdir -p "$out"
-      "$nixoci" digest "$descriptionPath" > described.json
-      digest=$(grep -o '"digest": *"sha256:[0-9a-f]\{64\}"' described.json | head -n 1 | grep -o 'sha256:[0-9a-f]*')
-      size=$(grep -o '"size": *[0-9][0-9]*' described.json | head -n 1 | grep -o '[0-9]*$')
-      if [ -z "$digest" ] || [ -z "$size" ]; then
-        echo "nixoci digest gave no digest/size:" >&2; cat described.json >&2; exit 1
-      fi
       layerpath=
-      ${optionalString (!reproducible) ''
-        # Not bit-reproducible: keep the bytes that were hashed.
-        "$nixoci" export "$descriptionPath" "$TMPDIR/export"
-        cp "$TMPDIR/export/blobs/sha256/''${digest#sha256:}" "$out/layer.tar"
+      ${if reproducible then ''
+        "$nixoci" digest "$descriptionPath" > described.json
+        digest=$(grep -o '"digest": *"sha256:[0-9a-f]\{64\}"' described.json | head -n 1 | grep -o 'sha256:[0-9a-f]*')
+        size=$(grep -o '"size": *[0-9][0-9]*' described.json | head -n 1 | grep -o '[0-9]*$')
+      '' else ''
+        # Not bit-reproducible: keep the very bytes whose digest is recorded.
+        "$nixoci" export --format dir "$descriptionPath" "$TMPDIR/export"
+        blob=$(tr -d ' \t\n' < "$TMPDIR/export/manifest.json" | sed 's/.*"layers":\[//' \
+          | grep -o 'sha256:[0-9a-f]\{64\}' | head -n 1)
+        cp "$TMPDIR/export/''${blob#sha256:}" "$out/layer.tar"
+        digest=sha256:$(sha256sum "$out/layer.tar" | cut -c 1-64)
+        size=$(wc -c < "$out/layer.tar")
         layerpath="$out/layer.tar"
       ''}
+      if [ -z "$digest" ] || [ -z "$size" ]; then
+        echo "nixoci gave no digest/size" >&2; cat described.json >&2; exit 1
+      fi
       sed -e "s|@digest@|$digest|g" -e "s|@size@|$size|" -e "s|@layerpath@|$layerpath|" \
         "$templatePath" > "$out/layer.json"
     '';
@@ -308,6 +313,36 @@ let
   # Reads a description (nix2container or ours) at evaluation time.
   readDescription = d: fromJSON (unsafeDiscardStringContext (readFile d));
 
+  # A description of an image stored as a skopeo `dir:` layout (e.g. a fixed-output
+  # `skopeo copy docker://… dir:$out`), usable as fromImage. Unlike nix2container's
+  # image-from-dir it keeps the image's config, so fromImage can merge it.
+  imageFromDir = dir:
+    let
+      readJSON = f: fromJSON (unsafeDiscardStringContext (readFile f));
+      manifest = readJSON "${dir}/manifest.json";
+      hexOf = d: builtins.elemAt (split ":" d) 2;
+      config = readJSON "${dir}/${hexOf manifest.config.digest}";
+      history = filter (h: !(h.empty_layer or false)) (config.history or [ ]);
+      mediaType = t: {
+        "application/vnd.docker.image.rootfs.diff.tar" = layerMediaType;
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" = "application/vnd.oci.image.layer.v1.tar+gzip";
+      }.${t} or t;
+      layer = i: l: {
+        inherit (l) digest size;
+        diff_ids = builtins.elemAt config.rootfs.diff_ids i;
+        mediatype = mediaType (l.mediaType or layerMediaType);
+        "layer-path" = "${dir}/${hexOf l.digest}";
+        History = if i < length history then builtins.elemAt history i else { };
+      };
+    in
+    writeJSON "image-from-dir.json" (toJSON {
+      version = 1;
+      "image-config" = config.config or { };
+      layers = builtins.genList (i: layer i (builtins.elemAt manifest.layers i)) (length manifest.layers);
+      arch = config.architecture or (goArch system);
+      created = config.created or null;
+    });
+
   # A mount name from an image name: lowercase [a-z0-9] runs separated by . _ -
   mountName = n:
     let
@@ -427,7 +462,7 @@ let
     };
 in
 {
-  inherit buildImage buildLayer mergeConfig mountName;
+  inherit buildImage buildLayer imageFromDir mergeConfig mountName;
   layering = L;
   inherit closureGraph;
 }

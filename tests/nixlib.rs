@@ -51,7 +51,12 @@ impl Drop for LowerDir {
 
 /// `nix-build examples -A ATTR` with this build's nixoci; returns the out path.
 fn build(attr: &str) -> PathBuf {
+    build_with(attr, &[])
+}
+
+fn build_with(attr: &str, extra: &[&str]) -> PathBuf {
     let out = run(nix_args(tool("nix-build").arg(repo_dir().join("examples")))
+        .args(extra)
         .args(["-A", attr, "--no-out-link"])
         .stderr(Stdio::inherit()));
     PathBuf::from(stdout(&out).lines().last().unwrap_or_else(|| panic!("nix-build {attr}: no output")).trim())
@@ -108,7 +113,11 @@ struct Running {
 }
 
 fn start(attr: &str, name: &str) -> Running {
-    let desc = build(attr);
+    start_with(attr, name, &[])
+}
+
+fn start_with(attr: &str, name: &str, extra: &[&str]) -> Running {
+    let desc = build_with(attr, extra);
     let image = read_json(&desc);
     let dir = LowerDir::new();
     let images = dir.0.join("images");
@@ -307,6 +316,18 @@ fn nested_identical_children_once() {
 }
 
 #[test]
+fn non_reproducible_layer_is_kept_in_the_store() {
+    let r = start("nonReproducible", "non-reproducible");
+    assert!(r.run(&[]).contains("Hello, world!"));
+    let layer = &r.image["layers"][0];
+    let file = PathBuf::from(layer["layer-path"].as_str().expect("layer-path set"));
+    let (hex, size) = sha256_file(&file).unwrap();
+    assert_eq!(layer["digest"].as_str().unwrap(), format!("sha256:{hex}"));
+    assert_eq!(layer["size"].as_u64().unwrap(), size);
+    assert_eq!(r.layer_count(), 1, "hello's whole closure is in that layer");
+}
+
+#[test]
 fn ownership_on_one_file() {
     let r = start("ownership", "ownership");
     let out = r.run(&[]);
@@ -368,6 +389,22 @@ fn from_image_keeps_base_files_and_env() {
     assert_line(&out, r"^/etc$"); // WorkingDir from the base
     let env = r.inspect("{{ .Config.Env }}");
     assert!(env.contains("PATH=/bin") && env.contains("OVERRIDDEN=new") && !env.contains("OVERRIDDEN=base"), "{env}");
+}
+
+#[test]
+fn from_image_of_a_skopeo_dir_layout() {
+    // A pulled image is a dir: layout of blobs: make one from the base image, add it to the
+    // store, and use it as fromImage through imageFromDir.
+    let base = build("fromImageBase");
+    let (_t, tmp) = temp_dir();
+    let dir = tmp.join("base-dir");
+    run(std::process::Command::new(nixoci()).args(["export", "--format", "dir"]).arg(&base).arg(&dir));
+    let stored = stdout(&run(tool("nix-store").arg("--add").arg(&dir))).trim().to_string();
+    let r = start_with("fromDir", "from-dir", &["--argstr", "baseDir", &stored]);
+    let first = &r.image["layers"][0];
+    assert!(first["layer-path"].as_str().unwrap().starts_with(&stored), "{first}");
+    let out = r.run(&[]);
+    assert!(out.contains("base 1.0") && out.contains("BASE_VAR=from-base"), "{out}");
 }
 
 // ---------------------------------------------------------------- vectors and benchmark
