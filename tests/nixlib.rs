@@ -407,6 +407,25 @@ fn from_image_of_a_skopeo_dir_layout() {
     assert!(out.contains("base 1.0") && out.contains("BASE_VAR=from-base"), "{out}");
 }
 
+#[test]
+fn link_to_mount_shows_the_image_at_once() {
+    let desc = build("basic");
+    let link = build("basic.linkToMount");
+    let dir = LowerDir::new();
+    let images = dir.0.join("images");
+    fs::create_dir(&images).unwrap();
+    let m = Mount::start(&dir.0.join("mnt"), &images, &dir.0.join("cache"), &dir.0.join("nixoci.log"));
+    assert!(!m.mnt.join("basic").exists());
+    run(std::process::Command::new(link.join("bin/link-to-mount")).arg(&images));
+    assert_eq!(fs::read_link(images.join("basic.json")).unwrap(), desc);
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || m.mnt.join("basic/index.json").is_file()),
+        "basic/ did not appear\n{}",
+        m.log_text()
+    );
+    drop(m);
+}
+
 // ---------------------------------------------------------------- vectors and benchmark
 
 #[test]
