@@ -88,6 +88,9 @@ pub fn export(desc_path: &Path, out: &Path, format: Format, cache: &DigestCache)
 pub fn digest(desc_path: &Path, cache: &DigestCache) -> Result<String, String> {
     let (mut value, desc) = load(desc_path)?;
     let (_, layers) = prepare(&name_of(desc_path), desc)?;
+    if let Some((i, why)) = layers.iter().enumerate().find_map(|(i, l)| Some((i, l.size_mismatch.as_ref()?))) {
+        return Err(format!("layer {i}: {why}"));
+    }
     let digests = layer_digests(&layers, cache)?;
     let json_layers = value.get_mut("layers").and_then(|l| l.as_array_mut());
     for ((l, d), v) in layers.iter().zip(&digests).zip(json_layers.into_iter().flatten()) {
