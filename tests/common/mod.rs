@@ -148,7 +148,12 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 pub fn is_mounted(mnt: &Path) -> bool {
-    mount_points().iter().any(|p| p == mnt)
+    mounts_at(mnt) > 0
+}
+
+/// How many mounts are stacked at `mnt`.
+pub fn mounts_at(mnt: &Path) -> usize {
+    mount_points().iter().filter(|p| *p == mnt).count()
 }
 
 /// Polls `cond` every 100 ms until it holds or `timeout` passes.
@@ -165,9 +170,11 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A temporary directory with a canonical path (mountinfo shows canonical paths).
+/// A temporary directory with a canonical, lowercase path: mountinfo shows canonical paths, and
+/// `podman pull oci:PATH` makes an image name of PATH, which must be lowercase.
 pub fn temp_dir() -> (TempDir, PathBuf) {
-    let t = tempfile::Builder::new().prefix("nixoci-test-").tempdir().unwrap();
+    let name: String = std::iter::repeat_with(fastrand::lowercase).take(12).collect();
+    let t = tempfile::Builder::new().prefix(&format!("nixoci-test-{name}")).rand_bytes(0).tempdir().unwrap();
     let p = t.path().canonicalize().unwrap();
     (t, p)
 }
@@ -234,7 +241,8 @@ impl Mount {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("nixoci mount exited early ({status})\n--- log\n{}", m.log_text());
             }
-            is_mounted(&m.mnt)
+            // Listing first: a stale mount left at the place is listed but cannot be read.
+            fs::read_dir(&m.mnt).is_ok() && is_mounted(&m.mnt)
         });
         assert!(up, "{} not mounted after {MOUNT_TIMEOUT:?}\n--- log\n{}", mnt.display(), m.log_text());
         m
@@ -355,6 +363,241 @@ impl Drop for Podman {
         left.sort();
         for p in left.iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
+// ---- Added for tests/clients.rs and tests/registry.rs ----
+
+/// shared/bench/corpus.nix: the benchmark closures (app, app2: one file changed in the top path).
+pub fn corpus() -> PathBuf {
+    shared_dir().join("bench/corpus.nix")
+}
+
+/// Writes `dir/NAME.json`: a description without digests of corpus.nix's `attr` (app or app2)
+/// in the layout of reference/n2c-image-app.json (busybox, python, app: one path per layer).
+/// Returns (description, top store path).
+pub fn app_description(dir: &Path, attr: &str) -> (PathBuf, PathBuf) {
+    let top = nix_build(&corpus(), attr);
+    let layers: Vec<serde_json::Value> = [nix_build(&corpus(), "busybox"), nix_build(&corpus(), "python"), top.clone()]
+        .iter()
+        .map(|p| serde_json::json!({"paths": [{"path": p}], "mediatype": "application/vnd.oci.image.layer.v1.tar"}))
+        .collect();
+    let json = serde_json::json!({
+        "version": 1,
+        "image-config": {"Entrypoint": [top.join("bin/app")]},
+        "layers": layers,
+        "arch": "amd64",
+        "created": "0001-01-01T00:00:00Z",
+    });
+    let file = dir.join(format!("{attr}.json"));
+    fs::write(&file, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    (file, top)
+}
+
+/// Points `images/NAME` at `description` atomically (a new symlink renamed over the old one),
+/// as re-linking a nix-build result does.
+pub fn relink_image(images: &Path, name: &str, description: &Path) {
+    let tmp = images.join(format!(".{name}.new"));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(description, &tmp).unwrap();
+    fs::rename(&tmp, images.join(name)).unwrap();
+}
+
+/// The digest of the single manifest in an OCI layout's index.json.
+pub fn index_manifest_digest(layout: &Path) -> String {
+    let index = read_json(&layout.join("index.json"));
+    let m = index["manifests"].as_array().unwrap_or_else(|| panic!("index.json without manifests: {index}"));
+    assert_eq!(m.len(), 1, "one manifest in {}: {index}", layout.display());
+    m[0]["digest"].as_str().unwrap().to_string()
+}
+
+/// Waits until the layout serves a manifest other than `old` (after a description changed);
+/// returns the new digest. Failed reads meanwhile are counted and returned too.
+pub fn wait_for_new_manifest(layout: &Path, old: &str, timeout: Duration) -> (String, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut new = None;
+    wait_for(timeout, || {
+        match fs::read(layout.join("index.json")) {
+            Ok(bytes) => {
+                let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let d = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+                new = (d != old).then_some(d);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        new.is_some()
+    });
+    let new = new.unwrap_or_else(|| panic!("{} still serves {old} after {timeout:?} (read errors: {errors:?})", layout.display()));
+    (new, errors)
+}
+
+/// An OCI layout's blob by digest ("sha256:<hex>").
+pub fn oci_blob(layout: &Path, digest: &str) -> PathBuf {
+    layout.join("blobs/sha256").join(digest.strip_prefix("sha256:").unwrap_or_else(|| panic!("not sha256: {digest}")))
+}
+
+/// What an image is, independent of how a transport stores its layers: the config digest and
+/// the uncompressed layer digests (rootfs.diff_ids).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageId {
+    pub config: String,
+    pub diff_ids: Vec<String>,
+    /// The config parsed: a copy that converts the manifest type (Docker -> OCI) re-serialises
+    /// it, so its digest changes while its content must not.
+    pub config_json: serde_json::Value,
+}
+
+/// The ImageId of an image served in an OCI layout (its manifest's config and diff_ids).
+pub fn oci_image_id(layout: &Path) -> ImageId {
+    let manifest = read_json(&oci_blob(layout, &index_manifest_digest(layout)));
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let cfg = read_json(&oci_blob(layout, &config));
+    let diff_ids = cfg["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+    ImageId { config, diff_ids, config_json: cfg }
+}
+
+/// sha256 hex of `gzip -dc FILE`, hashed as it streams.
+pub fn sha256_gunzip(path: &Path) -> String {
+    let mut child = tool("gzip").arg("-dc").arg(path).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    assert!(child.wait().unwrap().success(), "gzip -dc {} failed", path.display());
+    hex(&h.finalize())
+}
+
+/// Checks a skopeo `dir:` copy: `version` is the 33-byte marker, every blob file hashes to its
+/// name, the config has `want`'s content (and digest when `same_config_bytes`), and each layer
+/// uncompressed (gunzipped when it starts with the gzip magic: Docker manifests label
+/// uncompressed layers `tar.gzip` too) hashes to the matching diff_id. Returns the manifest.
+pub fn verify_dir_copy(out: &Path, want: &ImageId, same_config_bytes: bool) -> serde_json::Value {
+    let version = fs::read(out.join("version")).unwrap();
+    assert_eq!(version, b"Directory Transport Version: 1.1\n", "{}/version", out.display());
+    let manifest = read_json(&out.join("manifest.json"));
+    let file = |d: &str| out.join(d.strip_prefix("sha256:").unwrap());
+    let config = manifest["config"]["digest"].as_str().unwrap();
+    let (config_hash, _) = sha256_file(&file(config)).unwrap();
+    assert_eq!(format!("sha256:{config_hash}"), config, "config file hashes to its name");
+    assert_eq!(read_json(&file(config)), want.config_json, "config content of the copy in {}", out.display());
+    if same_config_bytes {
+        assert_eq!(config, want.config, "config digest of the copy in {}", out.display());
+    }
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), want.diff_ids.len(), "layer count in {}: {manifest}", out.display());
+    for (l, diff_id) in layers.iter().zip(&want.diff_ids) {
+        let digest = l["digest"].as_str().unwrap();
+        let (hash, n) = sha256_file(&file(digest)).unwrap_or_else(|e| panic!("layer {digest} in {}: {e}", out.display()));
+        assert_eq!(format!("sha256:{hash}"), digest, "layer file hashes to its name");
+        assert_eq!(l["size"].as_u64(), Some(n), "descriptor size of {digest}");
+        let mut magic = [0u8; 2];
+        File::open(file(digest)).unwrap().read_exact(&mut magic).unwrap();
+        let uncompressed = if magic == [0x1f, 0x8b] { format!("sha256:{}", sha256_gunzip(&file(digest))) } else { digest.to_string() };
+        assert_eq!(&uncompressed, diff_id, "uncompressed digest of layer {digest} ({})", l["mediaType"]);
+    }
+    manifest
+}
+
+/// `skopeo copy --quiet FROM TO` plus `extra` options; panics with skopeo's output on failure.
+pub fn skopeo_copy_ok(from: &str, to: &str, extra: &[&str]) -> Output {
+    run(tool("skopeo").arg("copy").arg("--quiet").args(extra).arg(from).arg(to))
+}
+
+/// A free TCP port on 127.0.0.1 (bound once, then released for the caller).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `docker-registry serve` on 127.0.0.1 with filesystem storage in a temp dir and its access
+/// log in a file; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Registry {
+    pub port: u16,
+    pub storage: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+    _tmp: TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let (tmp, base) = temp_dir();
+        let port = free_port();
+        let storage = base.join("storage");
+        let config = base.join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let log = base.join("registry.log");
+        let logf = File::create(&log).unwrap();
+        let child = tool("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let mut r = Registry { port, storage, log, child, _tmp: tmp };
+        let up = wait_for(Duration::from_secs(20), || {
+            if let Some(status) = r.child.try_wait().unwrap() {
+                panic!("docker-registry exited early ({status})\n{}", r.log_text());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "docker-registry not listening on {port}\n{}", r.log_text());
+        r
+    }
+
+    /// `docker://127.0.0.1:PORT/REPO:TAG`
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("docker://127.0.0.1:{}/{repo_tag}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The access log's requests as (METHOD, URI), in order.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| {
+                let req = l.split('"').nth(1)?;
+                let mut parts = req.split(' ');
+                let (method, uri, proto) = (parts.next()?, parts.next()?, parts.next()?);
+                proto.starts_with("HTTP/").then(|| (method.to_string(), uri.to_string()))
+            })
+            .collect()
+    }
+
+    /// Bytes under the storage root (blobs, links, manifests).
+    pub fn storage_bytes(&self) -> u64 {
+        stdout(&run(tool("du").args(["-sb"]).arg(&self.storage))).split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if !wait_for(Duration::from_secs(5), || matches!(self.child.try_wait(), Ok(Some(_)))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let requests: Vec<String> = self.requests().iter().map(|(m, u)| format!("{m} {u}")).collect();
+            eprintln!("--- docker-registry requests ({})\n{}", self.log.display(), requests.join("\n"));
         }
     }
 }
