@@ -126,7 +126,9 @@ impl Walker<'_> {
         if old.entry.kind == Kind::File && old.entry.size != new.entry.size {
             return Err(format!("'{name}' comes from {a} and {b} with different sizes ({} and {})", old.entry.size, new.entry.size));
         }
-        if self.specs[old.spec].perms != self.specs[new.spec].perms {
+        // nix2container only compares when the earlier path had perms rules.
+        let (was, now) = (&self.specs[old.spec].perms, &self.specs[new.spec].perms);
+        if !was.is_empty() && was != now {
             return Err(format!("'{name}' comes from {a} and {b} with different perms rules"));
         }
         Ok(())
