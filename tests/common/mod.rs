@@ -416,20 +416,21 @@ pub fn index_manifest_digest(layout: &Path) -> String {
 /// returns the new digest. Failed reads meanwhile are counted and returned too.
 pub fn wait_for_new_manifest(layout: &Path, old: &str, timeout: Duration) -> (String, Vec<String>) {
     let mut errors = Vec::new();
-    let mut new = None;
-    wait_for(timeout, || {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
         match fs::read(layout.join("index.json")) {
             Ok(bytes) => {
                 let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                let d = index["manifests"][0]["digest"].as_str().unwrap().to_string();
-                new = (d != old).then_some(d);
+                let d = index["manifests"][0]["digest"].as_str().unwrap();
+                if d != old {
+                    return (d.to_string(), errors);
+                }
             }
             Err(e) => errors.push(e.to_string()),
         }
-        new.is_some()
-    });
-    let new = new.unwrap_or_else(|| panic!("{} still serves {old} after {timeout:?} (read errors: {errors:?})", layout.display()));
-    (new, errors)
+        sleep(Duration::from_millis(5)); // often enough to see a short gap
+    }
+    panic!("{} still serves {old} after {timeout:?} (read errors: {errors:?})", layout.display())
 }
 
 /// An OCI layout's blob by digest ("sha256:<hex>").
