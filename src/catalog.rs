@@ -4,7 +4,7 @@
 
 use crate::description::Description;
 use crate::digest::DigestCache;
-use crate::image::{prepare, Image, PreparedLayer};
+use crate::image::{prepare, Image, IndexCache, PreparedLayer};
 use crate::views::{self, Tree};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -74,10 +74,15 @@ impl CatalogImage {
     }
 }
 
+/// How long a replaced image keeps answering under its old inodes: a client that opened
+/// `NAME/index.json` just before the change still finds the blobs it names.
+const RETIRED_FOR: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct State {
     by_name: BTreeMap<String, Arc<CatalogImage>>,
     by_serial: HashMap<u64, Arc<CatalogImage>>,
+    retired: Vec<(Instant, Arc<CatalogImage>)>,
     /// Files that failed, with the version that failed, so each failure is logged once.
     refused: HashMap<PathBuf, Option<Fingerprint>>,
 }
@@ -85,6 +90,9 @@ struct State {
 pub struct Catalog {
     dir: PathBuf,
     cache: Arc<DigestCache>,
+    indexes: IndexCache,
+    /// Names whose image changed, for the kernel's dentry cache to forget (see `mount`).
+    changed: Mutex<Option<std::sync::mpsc::Sender<String>>>,
     state: RwLock<State>,
     scan_lock: Mutex<Instant>,
     next_serial: AtomicU64,
@@ -95,12 +103,25 @@ impl Catalog {
         let c = Arc::new(Catalog {
             dir,
             cache: Arc::new(cache),
+            indexes: IndexCache::default(),
+            changed: Mutex::new(None),
             state: RwLock::default(),
             scan_lock: Mutex::new(Instant::now() - Duration::from_secs(60)),
             next_serial: AtomicU64::new(1),
         });
         c.scan();
         c
+    }
+
+    /// Receive the names of images that appear, change or go.
+    pub fn watch_changes(&self) -> std::sync::mpsc::Receiver<String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.changed.lock().unwrap() = Some(tx);
+        rx
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn names(&self) -> Vec<Arc<CatalogImage>> {
@@ -182,7 +203,7 @@ impl Catalog {
             if self.state.read().unwrap().refused.get(&file) == Some(&Some(fp.clone())) {
                 continue; // this very version failed before
             }
-            match Description::load(&file).and_then(|d| prepare(&name, d)) {
+            match Description::load(&file).and_then(|d| prepare(&name, d, &self.indexes)) {
                 Ok(prepared) => {
                     let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
                     let img = Arc::new(CatalogImage {
@@ -206,13 +227,28 @@ impl Catalog {
             }
         }
         let mut st = self.state.write().unwrap();
-        for name in st.by_name.keys() {
-            if !next.contains_key(name) {
-                log::info!("image {name}: removed");
+        let now = Instant::now();
+        let mut changed = Vec::new();
+        for (name, old) in &st.by_name {
+            if !next.get(name).is_some_and(|new| Arc::ptr_eq(new, old)) {
+                if !next.contains_key(name) {
+                    log::info!("image {name}: removed");
+                }
+                changed.push(name.clone());
             }
         }
-        st.by_serial = next.values().map(|i| (i.serial, i.clone())).collect();
+        changed.extend(next.keys().filter(|n| !st.by_name.contains_key(*n)).cloned());
+        let replaced: Vec<_> = st.by_name.values().filter(|old| !next.values().any(|n| Arc::ptr_eq(n, old))).cloned().collect();
+        st.retired.extend(replaced.into_iter().map(|img| (now, img)));
+        st.retired.retain(|(at, _)| now.duration_since(*at) < RETIRED_FOR);
+        st.by_serial = next.values().chain(st.retired.iter().map(|(_, i)| i)).map(|i| (i.serial, i.clone())).collect();
         st.by_name = next;
+        drop(st);
+        if let Some(tx) = self.changed.lock().unwrap().as_ref() {
+            for name in changed {
+                let _ = tx.send(name);
+            }
+        }
         *last = Instant::now();
     }
 }

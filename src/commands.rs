@@ -4,7 +4,7 @@
 use crate::blob::Blob;
 use crate::description::Description;
 use crate::digest::{hex, sha256_blob, DigestCache};
-use crate::image::{layer_digests, prepare, Image};
+use crate::image::{layer_digests, prepare, Image, IndexCache};
 use crate::views::{self, Node, Tree, ARCHIVE, DIR_ROOT, OCI_ROOT};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -73,7 +73,7 @@ pub enum Format {
 pub fn export(desc_path: &Path, out: &Path, format: Format, cache: &DigestCache) -> Result<(), String> {
     let (_, desc) = load(desc_path)?;
     let name = name_of(desc_path);
-    let (desc, layers) = prepare(&name, desc)?;
+    let (desc, layers) = prepare(&name, desc, &IndexCache::default())?;
     let image = Image::build(&name, desc, layers, cache)?;
     let tree = views::build(&name, &image);
     let node = match format {
@@ -87,7 +87,7 @@ pub fn export(desc_path: &Path, out: &Path, format: Format, cache: &DigestCache)
 /// The description with every layer's digest, diff_ids and size filled in.
 pub fn digest(desc_path: &Path, cache: &DigestCache) -> Result<String, String> {
     let (mut value, desc) = load(desc_path)?;
-    let (_, layers) = prepare(&name_of(desc_path), desc)?;
+    let (_, layers) = prepare(&name_of(desc_path), desc, &IndexCache::default())?;
     if let Some((i, why)) = layers.iter().enumerate().find_map(|(i, l)| Some((i, l.size_mismatch.as_ref()?))) {
         return Err(format!("layer {i}: {why}"));
     }
@@ -108,7 +108,7 @@ pub fn digest(desc_path: &Path, cache: &DigestCache) -> Result<String, String> {
 /// Hash every layer and compare with the description; Ok(false) when something differs.
 pub fn check(desc_path: &Path) -> Result<bool, String> {
     let (_, desc) = load(desc_path)?;
-    let (_, layers) = prepare(&name_of(desc_path), desc)?;
+    let (_, layers) = prepare(&name_of(desc_path), desc, &IndexCache::default())?;
     let mut ok = true;
     for (i, l) in layers.iter().enumerate() {
         let got = sha256_blob(l.blob.as_ref()).map_err(|e| format!("layer {i}: {e}"))?;

@@ -2,13 +2,14 @@
 //! cached or computed in parallel), and the byte-stable OCI config, manifest and index.json.
 
 use crate::blob::{Blob, FileBlob};
-use crate::description::{Description, Layer, LayerSource};
+use crate::description::{Description, Layer, LayerSource, PathSpec};
 use crate::digest::{sha256_blob, sha256_bytes, DigestCache};
 use crate::layer::LayerIndex;
 use serde_json::{json, Value};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
@@ -70,8 +71,29 @@ pub struct PreparedLayer {
     label: String,
 }
 
+/// Layer indexes by what decides their bytes, so a new version of a description reuses the
+/// layers it did not change (no second walk, no second copy in memory).
+#[derive(Default)]
+pub struct IndexCache(Mutex<HashMap<String, Weak<LayerIndex>>>);
+
+impl IndexCache {
+    fn get_or_build(&self, specs: &[PathSpec]) -> Result<(Arc<LayerIndex>, bool), String> {
+        let key = DigestCache::key(specs).ok();
+        if let Some(idx) = key.as_ref().and_then(|k| self.0.lock().unwrap().get(k)?.upgrade()) {
+            return Ok((idx, true));
+        }
+        let idx = Arc::new(LayerIndex::build(specs)?);
+        if let Some(k) = key {
+            let mut map = self.0.lock().unwrap();
+            map.retain(|_, w| w.strong_count() > 0);
+            map.insert(k, Arc::downgrade(&idx));
+        }
+        Ok((idx, false))
+    }
+}
+
 /// Index every layer from the store. Fails when a path is missing or a layer cannot be made.
-pub fn prepare(image: &str, desc: Description) -> Result<(Description, Vec<PreparedLayer>), String> {
+pub fn prepare(image: &str, desc: Description, indexes: &IndexCache) -> Result<(Description, Vec<PreparedLayer>), String> {
     let mut d = desc;
     let layers = std::mem::take(&mut d.layers);
     let mut out = Vec::with_capacity(layers.len());
@@ -79,17 +101,19 @@ pub fn prepare(image: &str, desc: Description) -> Result<(Description, Vec<Prepa
         let (blob, label): (Arc<dyn Blob>, String) = match &layer.source {
             LayerSource::Paths(specs) => {
                 let started = std::time::Instant::now();
-                let idx = LayerIndex::build(specs).map_err(|e| format!("layer {i}: {e}"))?;
-                log::info!(
-                    "image {image} layer {i}: indexed in {:.2?}: {} entries, {} bytes of index ({} per entry), {} bytes of tar",
-                    started.elapsed(),
-                    idx.entries(),
-                    idx.index_bytes(),
-                    idx.index_bytes() / idx.entries().max(1),
-                    idx.size()
-                );
+                let (idx, reused) = indexes.get_or_build(specs).map_err(|e| format!("layer {i}: {e}"))?;
+                if !reused {
+                    log::info!(
+                        "image {image} layer {i}: indexed in {:.2?}: {} entries, {} bytes of index ({} per entry), {} bytes of tar",
+                        started.elapsed(),
+                        idx.entries(),
+                        idx.index_bytes(),
+                        idx.index_bytes() / idx.entries().max(1),
+                        idx.size()
+                    );
+                }
                 let paths: Vec<&str> = specs.iter().map(|s| s.path.as_str()).collect();
-                (Arc::new(idx), format!("image {image} layer {i} ({})", paths.join(" ")))
+                (idx, format!("image {image} layer {i} ({})", paths.join(" ")))
             }
             LayerSource::File(path) => (Arc::new(FileBlob::open(path).map_err(|e| format!("layer {i}: {e}"))?), format!("image {image} layer {i} ({path})")),
         };

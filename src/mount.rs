@@ -3,7 +3,9 @@
 use crate::catalog::Catalog;
 use crate::digest::DigestCache;
 use crate::fs::NixociFs;
-use fuser::{Config, MountOption, SessionACL};
+use crate::views::top_names;
+use fuser::{Config, INodeNo, MountOption, SessionACL};
+use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,6 +40,32 @@ fn raise_readahead(mnt: &Path) {
     }
 }
 
+/// Rescan the images directory when inotify reports a change in it, and every second anyway
+/// (a description's target can change without the directory changing).
+fn watch(catalog: &Catalog) {
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    let dir = std::ffi::CString::new(catalog.dir().as_os_str().as_encoded_bytes()).unwrap();
+    let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_ATTRIB;
+    if fd < 0 || unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), mask) } < 0 {
+        log::warn!("cannot watch {} ({}); polling it every second", catalog.dir().display(), std::io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        if fd >= 0 && unsafe { libc::poll(&mut pfd, 1, 1000) } > 0 {
+            // Let a burst of events (a file being written, a link being swapped) settle.
+            std::thread::sleep(Duration::from_millis(20));
+            while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+            catalog.scan();
+        } else {
+            if fd < 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            catalog.refresh(Duration::from_millis(900));
+        }
+    }
+}
+
 fn signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -58,11 +86,9 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
     }
     clear_stale_mount(mnt)?;
     let catalog = Catalog::new(images, cache);
-    let poller = catalog.clone();
-    std::thread::spawn(move || loop {
-        std::thread::sleep(Duration::from_secs(1));
-        poller.refresh(Duration::from_millis(900));
-    });
+    let changes = catalog.watch_changes();
+    let watched = catalog.clone();
+    std::thread::spawn(move || watch(&watched));
 
     let mut config = Config::default();
     config.mount_options = vec![MountOption::RO, MountOption::FSName("nixoci".into()), MountOption::Subtype("nixoci".into())];
@@ -78,6 +104,16 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
         }
     };
     raise_readahead(mnt);
+    // The kernel caches top-level names for a second: make it forget a changed one at once.
+    // (Never from a FUSE request thread: the kernel may hold the directory locked for it.)
+    let notifier = session.notifier();
+    std::thread::spawn(move || {
+        for name in changes {
+            for (n, _) in top_names(&name) {
+                let _ = notifier.inval_entry(INodeNo(1), OsStr::new(&n));
+            }
+        }
+    });
     log::info!("mounted at {}", mnt.display());
 
     loop {
