@@ -418,10 +418,12 @@ fn a_stale_mount_is_cleared_by_the_next_mount() {
     let mut m = Mount::new(&[("busybox.json", &fixture("busybox-image"))]);
     m.kill9();
     assert!(is_mounted(&m.mnt), "a killed daemon leaves its mount behind");
-    let err = fs::metadata(&m.mnt).expect_err("a dead FUSE mount cannot be stat'ed");
+    // (stat may still answer from cached attributes; listing needs the dead daemon)
+    let err = fs::read_dir(&m.mnt).expect_err("a dead FUSE mount cannot be listed");
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
 
     let again = Mount::start(&m.mnt, &m.images, &m.cache, &m.log);
+    assert_eq!(mounts_at(&m.mnt), 1, "the stale mount was cleared, not covered");
     oci_manifest(&again.mnt.join("busybox"));
     drop(again); // SIGTERM; asserts a clean exit and no mount left
     assert!(!is_mounted(&m.mnt));
