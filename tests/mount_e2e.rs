@@ -77,11 +77,11 @@ fn app_layers() -> Vec<AppLayer> {
             let actual = nar_hash(Path::new(&path));
             let matches = actual == expected;
             if !matches {
-                eprintln!(
-                    "\n!!! {path}: narHash here is {actual}, vectors.md says {expected}.\n!!! This \
-                     machine's store path holds other bytes, so its digest in n2c-image-app.json \
-                     cannot match: this test checks the digest-mismatch path for that layer.\n"
-                );
+                loud(&format!(
+                    "{path}: narHash here is {actual}, vectors.md says {expected}.\nThis machine's \
+                     store path holds other bytes, so its digest in n2c-image-app.json cannot \
+                     match: the tests check the digest-mismatch path for that layer."
+                ));
             }
             AppLayer {
                 path,
@@ -123,7 +123,7 @@ fn app_image_blobs_hash_to_the_given_digests_or_fail_with_eio() {
                     Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{attempt} read of {}: {e}", l.path),
                 }
             }
-            eprintln!("!!! as expected, the layer of {} failed with EIO (digest mismatch)", l.path);
+            loud(&format!("as expected, the layer of {} failed with EIO (digest mismatch)", l.path));
             m.expect_log(&["digest mismatch"], CATALOG_TIMEOUT);
         }
     }
@@ -141,11 +141,11 @@ fn app_image_skopeo_copy_succeeds_exactly_when_every_digest_holds() {
         assert_eq!(layer_digests(&manifest), layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>());
     } else {
         assert!(!r.status.success(), "skopeo copied an image although a layer's bytes do not match its digest");
-        eprintln!(
-            "!!! this machine's store differs from vectors.md, so skopeo copy of the unchanged \
-             n2c JSON must fail, and did: {}",
+        loud(&format!(
+            "this machine's store differs from vectors.md, so skopeo copy of the unchanged n2c \
+             JSON must fail, and did: {}",
             String::from_utf8_lossy(&r.stderr).trim()
-        );
+        ));
         m.expect_log(&["digest mismatch"], CATALOG_TIMEOUT);
     }
 }
@@ -174,7 +174,7 @@ fn app_image_without_digests_gets_the_reference_digests() {
         if l.matches {
             assert_eq!(digest, &l.digest, "computed digest of the layer of {}", l.path);
         } else {
-            eprintln!("!!! layer of {}: computed {digest} (vectors.md's {} is for other bytes)", l.path, l.digest);
+            loud(&format!("layer of {}: computed {digest} (vectors.md's {} is for other bytes)", l.path, l.digest));
         }
     }
 

@@ -93,6 +93,12 @@ pub fn nar_hash(path: &Path) -> String {
     stdout(&run(tool("nix-store").args(["-q", "--hash"]).arg(path))).trim().to_string()
 }
 
+/// A note printed even when the test passes (the harness captures eprintln!, not stderr itself).
+pub fn loud(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(io::stderr(), "\n!!! {}\n", msg.replace('\n', "\n!!! "));
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
