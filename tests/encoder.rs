@@ -950,7 +950,7 @@ fn description(path: &str) -> Vec<u8> {
 fn description_paths_missing_or_outside_the_store_are_errors() {
     let missing = "/nix/store/00000000000000000000000000000000-nixoci-test-missing";
     let desc = nixoci::description::Description::parse(&description(missing)).unwrap();
-    let err = nixoci::image::prepare("t", desc).err().expect("a missing store path must fail");
+    let err = nixoci::image::prepare("t", desc, &nixoci::image::IndexCache::default()).err().expect("a missing store path must fail");
     assert!(err.contains("layer 0") && err.contains(missing), "{err}");
     let err = nixoci::description::Description::parse(&description("/tmp/x")).err().unwrap();
     assert!(err.contains("outside the store"), "{err}");

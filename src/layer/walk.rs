@@ -147,7 +147,11 @@ pub fn walk(specs: &[PathSpec]) -> Result<(Vec<Entry>, Arena), String> {
     }
     let mut walked = std::mem::take(&mut w.out);
     // Stable: entries with the same name stay in walk order, so the later path wins.
-    walked.sort_by(|x, y| tar_order(w.arena.get(x.entry.name), w.arena.get(y.entry.name)));
+    // A path walked without rewrites already comes in tar order: check before sorting.
+    let order = |x: &Walked, y: &Walked| tar_order(w.arena.get(x.entry.name), w.arena.get(y.entry.name));
+    if !walked.is_sorted_by(|x, y| order(x, y) != Ordering::Greater) {
+        walked.sort_by(order);
+    }
     let mut merged: Vec<Walked> = Vec::with_capacity(walked.len());
     for item in walked {
         match merged.last_mut() {
@@ -158,7 +162,7 @@ pub fn walk(specs: &[PathSpec]) -> Result<(Vec<Entry>, Arena), String> {
             _ => merged.push(item),
         }
     }
-    let mut entries: Vec<Entry> = merged.into_iter().map(|m| m.entry).collect();
+    let entries: Vec<Entry> = merged.into_iter().map(|m| m.entry).collect();
 
     // Ancestors nobody walked (`/`, `/nix`, `/nix/store`, …) become plain 0755 directories.
     let missing = {
@@ -175,12 +179,12 @@ pub fn walk(specs: &[PathSpec]) -> Result<(Vec<Entry>, Arena), String> {
         }
         missing
     };
-    for dir in missing {
-        let name = w.arena.push(&dir);
-        entries.push(Entry {
+    let mut synthesised: Vec<Entry> = missing
+        .into_iter()
+        .map(|dir| Entry {
             offset: 0,
             size: 0,
-            name,
+            name: w.arena.push(&dir),
             src: Span::default(),
             link: Span::default(),
             uname: root,
@@ -190,9 +194,21 @@ pub fn walk(specs: &[PathSpec]) -> Result<(Vec<Entry>, Arena), String> {
             mode: 0o755,
             hdr_len: 0,
             kind: Kind::Dir,
-        });
+        })
+        .collect();
+    let order = |x: &Entry, y: &Entry| tar_order(w.arena.get(x.name), w.arena.get(y.name));
+    synthesised.sort_by(order);
+    // Merge the two sorted lists (the ancestors are few; the walked entries many).
+    let mut all = Vec::with_capacity(entries.len() + synthesised.len());
+    let mut rest = entries.into_iter().peekable();
+    for s in synthesised {
+        while let Some(e) = rest.next_if(|e| order(e, &s) == Ordering::Less) {
+            all.push(e);
+        }
+        all.push(s);
     }
-    entries.sort_by(|x, y| tar_order(w.arena.get(x.name), w.arena.get(y.name)));
+    all.extend(rest);
+    let entries = all;
     Ok((entries, w.arena))
 }
 
