@@ -2,11 +2,12 @@
 //! cached or computed in parallel), and the byte-stable OCI config, manifest and index.json.
 
 use crate::blob::{Blob, FileBlob};
-use crate::description::{Description, Layer, LayerSource, PathSpec};
+use crate::description::{Description, Layer, LayerSource, PathSpec, STORE_DIR};
 use crate::digest::{sha256_blob, sha256_bytes, DigestCache};
 use crate::layer::LayerIndex;
 use serde_json::{json, Value};
 use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -92,6 +93,17 @@ impl IndexCache {
     }
 }
 
+/// A listed path must not lead out of the store through a symlinked directory on its way
+/// (the last component may be a symlink: it is then served as one, never followed).
+fn check_inside_store(path: &str) -> Result<(), String> {
+    let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
+    let real = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("cannot read '{}': {e}", p.display()));
+    if !real(parent)?.starts_with(real(Path::new(STORE_DIR))?) {
+        return Err(format!("'{path}' leads out of {STORE_DIR} through a symlink"));
+    }
+    Ok(())
+}
+
 /// Index every layer from the store. Fails when a path is missing or a layer cannot be made.
 pub fn prepare(image: &str, desc: Description, indexes: &IndexCache) -> Result<(Description, Vec<PreparedLayer>), String> {
     let mut d = desc;
@@ -100,6 +112,7 @@ pub fn prepare(image: &str, desc: Description, indexes: &IndexCache) -> Result<(
     for (i, layer) in layers.into_iter().enumerate() {
         let (blob, label): (Arc<dyn Blob>, String) = match &layer.source {
             LayerSource::Paths(specs) => {
+                specs.iter().try_for_each(|s| check_inside_store(&s.path)).map_err(|e| format!("layer {i}: {e}"))?;
                 let started = std::time::Instant::now();
                 let (idx, reused) = indexes.get_or_build(specs).map_err(|e| format!("layer {i}: {e}"))?;
                 if !reused {
@@ -115,7 +128,7 @@ pub fn prepare(image: &str, desc: Description, indexes: &IndexCache) -> Result<(
                 let paths: Vec<&str> = specs.iter().map(|s| s.path.as_str()).collect();
                 (idx, format!("image {image} layer {i} ({})", paths.join(" ")))
             }
-            LayerSource::File(path) => (Arc::new(FileBlob::open(path).map_err(|e| format!("layer {i}: {e}"))?), format!("image {image} layer {i} ({path})")),
+            LayerSource::File(path) => (Arc::new(check_inside_store(path).and_then(|()| FileBlob::open(path)).map_err(|e| format!("layer {i}: {e}"))?), format!("image {image} layer {i} ({path})")),
         };
         let size_mismatch = layer
             .size

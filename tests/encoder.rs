@@ -957,3 +957,23 @@ fn description_paths_missing_or_outside_the_store_are_errors() {
     let err = nixoci::description::Description::parse(&description("/nix/store/a/../b")).err().unwrap();
     assert!(err.contains("not a clean store path"), "{err}");
 }
+
+#[test]
+fn a_store_path_reached_through_a_symlinked_directory_is_refused() {
+    // A symlink in the store pointing at /etc: listing "<link>/passwd" must not read /etc/passwd.
+    assert!(Path::new("/nix/store").is_dir(), "/nix/store is missing: run scripts/setup");
+    let link = format!("/nix/store/00000000000000000000000000000000-nixoci-test-escape-{}", std::process::id());
+    symlink("/etc", &link).unwrap();
+    let desc = nixoci::description::Description::parse(&description(&format!("{link}/passwd"))).unwrap();
+    let res = nixoci::image::prepare("t", desc, &nixoci::image::IndexCache::default());
+    fs::remove_file(&link).unwrap();
+    let err = res.err().expect("a path leading out of the store must fail");
+    assert!(err.contains("leads out of /nix/store"), "{err}");
+    // The link itself is a fine layer entry: a symlink, served as one.
+    symlink("/etc", &link).unwrap();
+    let desc = nixoci::description::Description::parse(&description(&link)).unwrap();
+    let res = nixoci::image::prepare("t", desc, &nixoci::image::IndexCache::default());
+    fs::remove_file(&link).unwrap();
+    let (_, layers) = res.unwrap();
+    assert_eq!(layers[0].blob.size(), 512 * 4 + 1024, "/, /nix, /nix/store and the symlink, then the trailer");
+}
