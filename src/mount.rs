@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A mount left by a daemon that died answers ENOTCONN: detach it so we can mount again.
+/// Listing the directory asks the daemon (a `stat` may still be answered from the kernel's cache).
 fn clear_stale_mount(mnt: &Path) -> Result<(), String> {
-    match std::fs::metadata(mnt) {
+    match std::fs::read_dir(mnt) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             log::warn!("{}: clearing a stale mount (its daemon is gone)", mnt.display());
             let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
@@ -25,7 +26,6 @@ fn clear_stale_mount(mnt: &Path) -> Result<(), String> {
             std::fs::create_dir_all(mnt).map_err(|e| format!("{}: {e}", mnt.display()))
         }
         Err(e) => Err(format!("{}: {e}", mnt.display())),
-        Ok(md) if !md.is_dir() => Err(format!("{} is not a directory", mnt.display())),
         Ok(_) => Ok(()),
     }
 }
@@ -97,11 +97,13 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
     // SessionACL::All is the allow_other mount option.
     let session = match fuser::spawn_mount(NixociFs::new(catalog.clone()), mnt, &config) {
         Ok(s) => s,
-        Err(e) => {
+        // Users other than root need `user_allow_other` in /etc/fuse.conf for allow_other.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             log::warn!("mount with allow_other failed ({e}); mounting for this user only");
             config.acl = SessionACL::Owner;
             fuser::spawn_mount(NixociFs::new(catalog), mnt, &config).map_err(|e| format!("cannot mount {}: {e}", mnt.display()))?
         }
+        Err(e) => return Err(format!("cannot mount {}: {e}", mnt.display())),
     };
     raise_readahead(mnt);
     // The kernel caches top-level names for a second: make it forget a changed one at once.
