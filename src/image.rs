@@ -178,6 +178,14 @@ pub fn layer_digests(layers: &[PreparedLayer], cache: &DigestCache) -> Result<Ve
     Ok(digests.into_iter().map(Option::unwrap).collect())
 }
 
+/// A generated JSON blob (config, manifest): compact, keys in the order given, so byte-stable.
+fn json_blob(value: &Value, media_type: &str, label: String) -> Arc<ServedBlob> {
+    let bytes = serde_json::to_vec(value).unwrap();
+    let sb = ServedBlob::new(sha256_bytes(&bytes), media_type, Arc::new(bytes), label);
+    sb.verified.store(true, Ordering::Relaxed);
+    Arc::new(sb)
+}
+
 /// An image ready to serve.
 pub struct Image {
     pub tag: String,
@@ -213,26 +221,13 @@ impl Image {
         config.insert("config".into(), Value::Object(desc.image_config));
         config.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
         config.insert("history".into(), Value::Array(history));
-        let config_bytes = serde_json::to_vec(&config).unwrap();
-        let config = Arc::new(ServedBlob::new(
-            sha256_bytes(&config_bytes),
-            CONFIG_TYPE,
-            Arc::new(config_bytes),
-            format!("image {name} config"),
-        ));
-        let manifest_json = json!({
+        let config = json_blob(&Value::Object(config), CONFIG_TYPE, format!("image {name} config"));
+        let manifest = json_blob(&json!({
             "schemaVersion": 2,
             "mediaType": MANIFEST_TYPE,
             "config": config.descriptor(),
             "layers": served.iter().map(|l| l.descriptor()).collect::<Vec<_>>(),
-        });
-        let manifest_bytes = serde_json::to_vec(&manifest_json).unwrap();
-        let manifest = Arc::new(ServedBlob::new(
-            sha256_bytes(&manifest_bytes),
-            MANIFEST_TYPE,
-            Arc::new(manifest_bytes),
-            format!("image {name} manifest"),
-        ));
+        }), MANIFEST_TYPE, format!("image {name} manifest"));
         let mut desc_json = manifest.descriptor();
         desc_json["annotations"] = json!({"org.opencontainers.image.ref.name": desc.tag});
         let index_json =
@@ -249,5 +244,40 @@ impl Image {
             }
         }
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(json: &str) -> Image {
+        let d = Description::parse(json.as_bytes()).unwrap();
+        let (d, layers) = prepare("t", d, &IndexCache::default()).unwrap();
+        Image::build("t", d, layers, &DigestCache::new(None)).unwrap()
+    }
+
+    #[test]
+    fn config_manifest_and_index_are_byte_stable() {
+        let json = r#"{"version":1,"image-config":{"Env":["A=1"],"Healthcheck":{"Test":["CMD","true"]},"Cmd":["x"]},
+                       "layers":[],"arch":"arm64","created":"2024-05-13T09:31:10Z","tag":"v1"}"#;
+        let img = image(json);
+        let config = crate::blob::read_all(img.config.as_ref()).unwrap();
+        assert_eq!(
+            String::from_utf8(config).unwrap(),
+            r#"{"created":"2024-05-13T09:31:10Z","architecture":"arm64","os":"linux","config":{"Env":["A=1"],"Healthcheck":{"Test":["CMD","true"]},"Cmd":["x"]},"rootfs":{"type":"layers","diff_ids":[]},"history":[]}"#
+        );
+        let index: Value = serde_json::from_slice(&img.index_json).unwrap();
+        assert_eq!(index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], "v1");
+        assert_eq!(index["manifests"][0]["digest"], json!(img.manifest.digest));
+        assert_eq!(image(json).manifest.digest, img.manifest.digest, "same description, same manifest");
+    }
+
+    #[test]
+    fn null_created_is_left_out() {
+        let img = image(r#"{"version":1,"layers":[],"created":null}"#);
+        let config: Value = serde_json::from_slice(&crate::blob::read_all(img.config.as_ref()).unwrap()).unwrap();
+        assert!(config.get("created").is_none());
+        assert_eq!(config["config"], json!({}));
     }
 }
