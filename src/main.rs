@@ -52,8 +52,11 @@ fn cache(dir: Option<PathBuf>) -> DigestCache {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    // The daemon tells what it serves; one-shot commands (run inside Nix builds) stay quiet.
+    let level = if matches!(cli.command, Command::Mount { .. }) { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let result = match cli.command {
         Command::Mount { mountpoint, images, cache_dir, threads } => nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads),
         Command::Export { description, out, format, cache_dir } => commands::export(&description, &out, format, &cache(cache_dir)),
         Command::Digest { description, cache_dir } => commands::digest(&description, &cache(cache_dir)).map(|s| print!("{s}")),
