@@ -125,3 +125,43 @@ impl DigestCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::description::PathSpec;
+
+    fn spec(path: &std::path::Path) -> Vec<PathSpec> {
+        vec![PathSpec { path: path.to_str().unwrap().into(), rewrite: None, perms: vec![] }]
+    }
+
+    #[test]
+    fn a_path_made_again_gets_a_new_cache_key() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x");
+        std::fs::create_dir(&p).unwrap();
+        let first = DigestCache::key(&spec(&p)).unwrap();
+        assert_eq!(DigestCache::key(&spec(&p)).unwrap(), first, "same path, same key");
+        std::fs::remove_dir(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        assert_ne!(DigestCache::key(&spec(&p)).unwrap(), first, "re-created path must not reuse a digest");
+    }
+
+    #[test]
+    fn cache_entries_round_trip_and_check_the_size() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = DigestCache::new(Some(t.path().to_path_buf()));
+        let d = sha256_bytes(b"x");
+        cache.put("k", &d, 7);
+        assert_eq!(cache.get("k", 7), Some(d));
+        assert_eq!(cache.get("k", 8), None, "a size that changed means other bytes");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn blob_digest_matches_a_one_shot_hash() {
+        let data: Vec<u8> = (0..(3 * CHUNK + 123)).map(|i| (i * 7 % 251) as u8).collect();
+        assert_eq!(sha256_blob(&data).unwrap(), sha256_bytes(&data));
+        assert_eq!(sha256_blob(&Vec::new()).unwrap(), sha256_bytes(b""));
+    }
+}
