@@ -157,14 +157,13 @@ impl Catalog {
     pub fn scan(&self) {
         let mut last = self.scan_lock.lock().unwrap();
         let mut found: BTreeMap<String, (PathBuf, Fingerprint)> = BTreeMap::new();
-        let entries = match std::fs::read_dir(&self.dir) {
+        let mut entries = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
             Err(e) => {
                 log::error!("cannot read images directory {}: {e}", self.dir.display());
                 Vec::new()
             }
         };
-        let mut entries = entries;
         entries.sort();
         for file in entries {
             let Some(fname) = file.file_name().and_then(|f| f.to_str()).map(str::to_string) else {
@@ -226,24 +225,24 @@ impl Catalog {
                 Err(e) => self.refuse(&file, Some(fp), &e),
             }
         }
-        let mut st = self.state.write().unwrap();
+        let mut guard = self.state.write().unwrap();
+        let st = &mut *guard;
         let now = Instant::now();
-        let mut changed = Vec::new();
+        let mut changed: Vec<String> = next.keys().filter(|n| !st.by_name.contains_key(*n)).cloned().collect();
         for (name, old) in &st.by_name {
-            if !next.get(name).is_some_and(|new| Arc::ptr_eq(new, old)) {
-                if !next.contains_key(name) {
-                    log::info!("image {name}: removed");
-                }
-                changed.push(name.clone());
+            if next.get(name).is_some_and(|new| Arc::ptr_eq(new, old)) {
+                continue;
             }
+            if !next.contains_key(name) {
+                log::info!("image {name}: removed");
+            }
+            changed.push(name.clone());
+            st.retired.push((now, old.clone()));
         }
-        changed.extend(next.keys().filter(|n| !st.by_name.contains_key(*n)).cloned());
-        let replaced: Vec<_> = st.by_name.values().filter(|old| !next.values().any(|n| Arc::ptr_eq(n, old))).cloned().collect();
-        st.retired.extend(replaced.into_iter().map(|img| (now, img)));
         st.retired.retain(|(at, _)| now.duration_since(*at) < RETIRED_FOR);
         st.by_serial = next.values().chain(st.retired.iter().map(|(_, i)| i)).map(|i| (i.serial, i.clone())).collect();
         st.by_name = next;
-        drop(st);
+        drop(guard);
         if let Some(tx) = self.changed.lock().unwrap().as_ref() {
             for name in changed {
                 let _ = tx.send(name);
