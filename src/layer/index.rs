@@ -132,11 +132,3 @@ impl std::fmt::Debug for LayerIndex {
         write!(f, "LayerIndex({} entries, {} bytes)", self.entries.len(), self.size)
     }
 }
-
-#[cfg(test)]
-impl LayerIndex {
-    /// (name, kind, mode) of every entry, for tests.
-    pub fn listing(&self) -> Vec<(String, tar::Kind, u32)> {
-        self.entries.iter().map(|e| (String::from_utf8_lossy(self.arena.get(e.name)).into_owned(), e.kind, e.mode)).collect()
-    }
-}
