@@ -608,3 +608,131 @@ impl Drop for Registry {
         }
     }
 }
+
+/// A Docker engine of its own (Debian's `docker.io`, formats.md §6): vfs storage, no bridge, no
+/// iptables, data and exec roots in a temp dir, so parallel tests never share state. It runs
+/// its own containerd (socket: `containerd_socket()`). Stopped with SIGTERM on drop.
+pub struct Docker {
+    pub base: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    _tmp: TempDir,
+}
+
+impl Docker {
+    pub fn start() -> Docker {
+        let dockerd = require_tool("dockerd");
+        require_tool("containerd");
+        let (tmp, base) = temp_dir();
+        let socket = base.join("docker.sock");
+        let log = base.join("dockerd.log");
+        let logf = File::create(&log).unwrap();
+        let child = Command::new(dockerd)
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs"])
+            .arg("--data-root")
+            .arg(base.join("data"))
+            .arg("--exec-root")
+            .arg(base.join("exec"))
+            .arg("--pidfile")
+            .arg(base.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("cannot start dockerd");
+        let mut d = Docker { base, socket, log, child: Some(child), _tmp: tmp };
+        let up = wait_for(Duration::from_secs(60), || {
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("dockerd exited early ({status})\n{}", d.log_text());
+            }
+            d.cmd().arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        });
+        assert!(up, "dockerd not answering on {}\n{}", d.socket.display(), d.log_text());
+        d
+    }
+
+    /// The docker client of the same package as the engine (/usr/bin/docker: the machine may
+    /// have a newer client earlier in PATH), talking to this engine.
+    pub fn cmd(&self) -> Command {
+        let client = Path::new("/usr/bin/docker");
+        assert!(client.is_file(), "/usr/bin/docker missing: run scripts/setup (docker.io)");
+        let mut c = Command::new(client);
+        c.env("DOCKER_HOST", format!("unix://{}", self.socket.display()));
+        c
+    }
+
+    /// Runs docker with `args`; panics with its output on failure.
+    pub fn run<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Output {
+        run(self.cmd().args(args))
+    }
+
+    /// The containerd socket dockerd started under its exec root (for `ctr -a`).
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.base.join("exec/containerd/containerd.sock")
+    }
+
+    /// `ctr -a <containerd socket> ARGS`, in Docker's `moby` namespace unless ARGS say otherwise.
+    pub fn ctr(&self) -> Command {
+        let mut c = tool("ctr");
+        c.arg("-a").arg(self.containerd_socket());
+        c
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            if !wait_for(Duration::from_secs(20), || matches!(child.try_wait(), Ok(Some(_)))) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // vfs layers and container rootfs may stay mounted (shm, overlay of runc): take them down.
+        let mut left: Vec<PathBuf> = mount_points().into_iter().filter(|p| p.starts_with(&self.base)).collect();
+        left.sort();
+        for p in left.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- dockerd log ({})\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// skopeo with a blob-info cache of its own (an empty directory bound over root's
+/// `/var/lib/containers/cache` in a private mount namespace): a fresh CI machine's view, and no
+/// test ever touches the machine's real cache or another test's.
+pub struct FreshSkopeo {
+    pub cache: PathBuf,
+    _tmp: TempDir,
+}
+
+impl FreshSkopeo {
+    pub fn new() -> FreshSkopeo {
+        require_tool("unshare");
+        let (tmp, base) = temp_dir();
+        let cache = base.join("blob-info-cache");
+        fs::create_dir(&cache).unwrap();
+        fs::create_dir_all("/var/lib/containers/cache").unwrap();
+        FreshSkopeo { cache, _tmp: tmp }
+    }
+
+    /// `skopeo ARGS` inside the private namespace.
+    pub fn cmd(&self) -> Command {
+        let skopeo = require_tool("skopeo");
+        let mut c = tool("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind \"$0\" /var/lib/containers/cache && exec \"$@\"")
+            .arg(&self.cache)
+            .arg(skopeo);
+        c
+    }
+}
