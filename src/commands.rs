@@ -4,7 +4,8 @@
 use crate::blob::Blob;
 use crate::description::Description;
 use crate::digest::{hex, sha256_blob, DigestCache};
-use crate::image::{layer_digests, prepare, Image, IndexCache};
+use crate::compress::Pieces;
+use crate::image::{prepare, resolve_layers, Image, IndexCache};
 use crate::views::{self, Node, Tree, ARCHIVE, DIR_ROOT, OCI_ROOT};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -88,14 +89,14 @@ pub fn export(desc_path: &Path, out: &Path, format: Format, cache: &DigestCache)
 pub fn digest(desc_path: &Path, cache: &DigestCache) -> Result<String, String> {
     let (mut value, desc) = load(desc_path)?;
     let (_, layers) = prepare(&name_of(desc_path), desc, &IndexCache::default())?;
-    if let Some((i, why)) = layers.iter().enumerate().find_map(|(i, l)| Some((i, l.size_mismatch.as_ref()?))) {
+    let resolved = resolve_layers(&layers, cache)?;
+    if let Some((i, why)) = resolved.iter().enumerate().find_map(|(i, l)| Some((i, l.mismatch.as_ref()?))) {
         return Err(format!("layer {i}: {why}"));
     }
-    let digests = layer_digests(&layers, cache)?;
     let json_layers = value.get_mut("layers").and_then(|l| l.as_array_mut());
-    for ((l, d), v) in layers.iter().zip(&digests).zip(json_layers.into_iter().flatten()) {
-        v["digest"] = d.clone().into();
-        v["diff_ids"] = l.desc.diff_id.clone().unwrap_or_else(|| d.clone()).into();
+    for (l, v) in resolved.iter().zip(json_layers.into_iter().flatten()) {
+        v["digest"] = l.digest.clone().into();
+        v["diff_ids"] = l.diff_id.clone().into();
         v["size"] = l.blob.size().into();
     }
     let mut out = Vec::new();
@@ -105,20 +106,27 @@ pub fn digest(desc_path: &Path, cache: &DigestCache) -> Result<String, String> {
     Ok(String::from_utf8(out).unwrap())
 }
 
-/// Hash every layer and compare with the description; Ok(false) when something differs.
+/// Make every layer again and compare with the description; Ok(false) when something differs.
 pub fn check(desc_path: &Path) -> Result<bool, String> {
     let (_, desc) = load(desc_path)?;
     let (_, layers) = prepare(&name_of(desc_path), desc, &IndexCache::default())?;
     let mut ok = true;
     for (i, l) in layers.iter().enumerate() {
-        let got = sha256_blob(l.blob.as_ref()).map_err(|e| format!("layer {i}: {e}"))?;
-        let size = l.blob.size();
+        let fail = |e: std::io::Error| format!("layer {i}: {e}");
+        let tar_digest = sha256_blob(l.blob.as_ref()).map_err(fail)?;
+        let (got, size) = match l.codec {
+            None => (tar_digest.clone(), l.blob.size()),
+            Some(codec) => Pieces::new(l.blob.clone(), codec, None, None, l.label.clone()).scan().map_err(fail)?,
+        };
         let mut problems = Vec::new();
         if let Some(want) = l.desc.digest.as_ref().filter(|w| **w != got) {
             problems.push(format!("digest {want} in the description, {got} from the store"));
         }
         if let Some(want) = l.desc.size.filter(|w| *w != size) {
             problems.push(format!("size {want} in the description, {size} from the store"));
+        }
+        if let Some(want) = l.desc.diff_id.as_ref().filter(|w| l.codec.is_some() && **w != tar_digest) {
+            problems.push(format!("diff_ids {want} in the description, {tar_digest} from the store"));
         }
         if problems.is_empty() {
             println!("layer {i}: ok {got} ({size} bytes)");

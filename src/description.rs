@@ -2,6 +2,7 @@
 //! Everything that can be checked without reading the store is checked here, so a bad
 //! description is refused with one message naming the problem.
 
+use crate::compress::codec::{Codec, GZIP_TYPE, ZSTD_TYPE};
 use regex::bytes::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -256,13 +257,19 @@ fn parse_layer(i: usize, raw: RawLayer) -> Result<Layer, String> {
         }
         LayerSource::File(raw.layer_path)
     } else {
-        if media_type != LAYER_TAR {
-            return Err(format!("{what}: layers made from paths are uncompressed tar, not {media_type}"));
+        let compressed = Codec::for_media_type(&media_type).is_some();
+        if media_type != LAYER_TAR && !compressed {
+            return Err(format!(
+                "{what}: unknown mediatype '{media_type}' for a layer made from paths (nixoci makes {LAYER_TAR}, {GZIP_TYPE} or {ZSTD_TYPE})"
+            ));
+        }
+        if compressed && digest.is_some() && (size.is_none() || diff_id.is_none()) {
+            return Err(format!("{what}: a compressed layer's digest needs its size and diff_ids too (nixoci digest writes all three)"));
         }
         let paths = raw.paths.unwrap_or_default();
         LayerSource::Paths(paths.into_iter().map(|p| parse_path(p, &what)).collect::<Result<_, _>>()?)
     };
-    if let (Some(d), Some(id), LayerSource::Paths(_)) = (&digest, &diff_id, &source) {
+    if let (Some(d), Some(id), LayerSource::Paths(_), LAYER_TAR) = (&digest, &diff_id, &source, media_type.as_str()) {
         if d != id {
             return Err(format!("{what}: an uncompressed layer's diff_ids ({id}) must equal its digest ({d})"));
         }
@@ -344,5 +351,14 @@ mod tests {
         assert!(err(r#"{"version":1,"tag":"a:b"}"#).contains("tag"));
         assert!(err(r#"{"version":1,"created":"yesterday"}"#).contains("RFC 3339"));
         assert!(err(r#"{"version":1,"layers":[{"layer-path":"/tmp/x.tar"}]}"#).contains("outside the store"));
+        let p = r#""paths":[{"path":"/nix/store/a"}]"#;
+        assert!(err(&format!(r#"{{"version":1,"layers":[{{{p},"mediatype":"application/vnd.oci.image.layer.v1.tar+bzip2"}}]}}"#))
+            .contains("layer 0: unknown mediatype 'application/vnd.oci.image.layer.v1.tar+bzip2'"));
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(err(&format!(r#"{{"version":1,"layers":[{{{p},"mediatype":"{GZIP_TYPE}","digest":"{d}","size":9}}]}}"#))
+            .contains("needs its size and diff_ids"));
+        let e = format!("sha256:{}", "e".repeat(64));
+        let ok = format!(r#"{{"version":1,"layers":[{{{p},"mediatype":"{ZSTD_TYPE}","digest":"{d}","size":9,"diff_ids":"{e}"}}]}}"#);
+        assert_eq!(Description::parse(ok.as_bytes()).unwrap().layers[0].diff_id, Some(e), "a compressed layer's diff_ids differ from its digest");
     }
 }

@@ -71,7 +71,9 @@ pub fn sha256_blob(blob: &dyn Blob) -> io::Result<String> {
 
 /// Cached digests of path layers. A key covers the encoder version, each path with its options
 /// and the identity of the store path on disk (device, inode, ctime): a path deleted and made
-/// again gets a new key, so a stale digest is never served.
+/// again gets a new key, so a stale digest is never served. Compressed layers also keep their
+/// piece table here (`KEY.pieces`), 4 bytes a piece.
+#[derive(Clone)]
 pub struct DigestCache {
     dir: Option<PathBuf>,
 }
@@ -114,11 +116,27 @@ impl DigestCache {
         (sz.parse::<u64>().ok()? == size && digest.len() == 71).then(|| digest.to_string())
     }
 
-    /// Written to a temporary file and renamed, so a reader never sees half an entry.
     pub fn put(&self, key: &str, digest: &str, size: u64) {
+        self.write(key, format!("{digest} {size}\n").as_bytes());
+    }
+
+    /// The compressed size of each of `count` pieces, as `put_table` kept them.
+    pub fn get_table(&self, key: &str, count: usize) -> Option<Vec<u32>> {
+        let bytes = std::fs::read(self.dir.as_ref()?.join(format!("{key}.pieces"))).ok()?;
+        let table: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
+        (bytes.len() == 4 * count && !table.contains(&0)).then_some(table)
+    }
+
+    pub fn put_table(&self, key: &str, table: &[u32]) {
+        let bytes: Vec<u8> = table.iter().flat_map(|n| n.to_le_bytes()).collect();
+        self.write(&format!("{key}.pieces"), &bytes);
+    }
+
+    /// Written to a temporary file and renamed, so a reader never sees half an entry.
+    fn write(&self, name: &str, bytes: &[u8]) {
         let Some(dir) = &self.dir else { return };
-        let tmp = dir.join(format!(".{key}.{}", std::process::id()));
-        let res = std::fs::write(&tmp, format!("{digest} {size}\n")).and_then(|_| std::fs::rename(&tmp, dir.join(key)));
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        let res = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, dir.join(name)));
         if let Err(e) = res {
             log::warn!("cannot write digest cache entry in {}: {e}", dir.display());
             let _ = std::fs::remove_file(&tmp);
@@ -156,6 +174,9 @@ mod tests {
         assert_eq!(cache.get("k", 7), Some(d));
         assert_eq!(cache.get("k", 8), None, "a size that changed means other bytes");
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temporary file left behind");
+        cache.put_table("k", &[7, 300_000]);
+        assert_eq!(cache.get_table("k", 2), Some(vec![7, 300_000]));
+        assert_eq!(cache.get_table("k", 3), None, "a table for another piece count is not used");
     }
 
     #[test]

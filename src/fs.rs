@@ -67,6 +67,8 @@ struct Verifier {
 
 struct Handle {
     blob: Arc<dyn crate::blob::Blob>,
+    /// What the file serves, for log lines.
+    label: String,
     /// Set for content-addressed blobs not verified yet.
     verify: Option<(Arc<ServedBlob>, Mutex<Option<Verifier>>)>,
 }
@@ -184,8 +186,7 @@ impl NixociFs {
         let len = (h.blob.size().saturating_sub(offset)).min(size as u64) as usize;
         let mut buf = vec![0u8; len];
         if let Err(e) = h.blob.read_at(offset, &mut buf) {
-            let what = h.verify.as_ref().map_or("file".to_string(), |(sb, _)| sb.label.clone());
-            log::error!("read of {what} at {offset}: {e}");
+            log::error!("read of {} at {offset}: {e}", h.label);
             return Err(Errno::EIO);
         }
         h.check(offset, &buf).map_err(|()| Errno::EIO)?;
@@ -260,7 +261,7 @@ impl Filesystem for NixociFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (serial, node) = split(ino.0);
-        let handle = self.image(serial).and_then(|img| self.served(&img)).and_then(|served| match served.1.nodes.get(node) {
+        let handle = self.image(serial).and_then(|img| Ok((self.served(&img)?, img))).and_then(|(served, img)| match served.1.nodes.get(node) {
             Some(Node::Blob(sb)) => {
                 if let Some(why) = sb.failure() {
                     log::error!("open of {}: {why}", sb.label);
@@ -270,9 +271,9 @@ impl Filesystem for NixociFs {
                     let v = Verifier { hasher: Sha256::new(), next: 0, pending: BTreeMap::new(), pending_bytes: 0 };
                     (sb.clone(), Mutex::new(Some(v)))
                 });
-                Ok(Handle { blob: sb.clone(), verify })
+                Ok(Handle { blob: sb.clone(), label: sb.label.clone(), verify })
             }
-            Some(Node::Plain(b)) => Ok(Handle { blob: b.clone(), verify: None }),
+            Some(Node::Plain(b)) => Ok(Handle { blob: b.clone(), label: format!("a file of image {}", img.name), verify: None }),
             Some(Node::Dir(_)) => Err(Errno::EISDIR),
             None => Err(Errno::ENOENT),
         });

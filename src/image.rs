@@ -2,7 +2,8 @@
 //! cached or computed in parallel), and the byte-stable OCI config, manifest and index.json.
 
 use crate::blob::{Blob, FileBlob};
-use crate::description::{Description, Layer, LayerSource, PathSpec, STORE_DIR};
+use crate::compress::{Codec, Compressed, Pieces};
+use crate::description::{Description, Layer, LayerSource, PathSpec, LAYER_TAR, STORE_DIR};
 use crate::digest::{sha256_blob, sha256_bytes, DigestCache};
 use crate::layer::LayerIndex;
 use serde_json::{json, Value};
@@ -65,11 +66,14 @@ impl Blob for ServedBlob {
 
 /// A layer whose bytes are known (indexed) but whose digest may not be yet.
 pub struct PreparedLayer {
+    /// The tar made from the store paths, or the layer file.
     pub blob: Arc<dyn Blob>,
+    /// How a layer made from paths is compressed for serving (from its mediatype).
+    pub codec: Option<Codec>,
     pub desc: Layer,
     /// A size the description claims that the store does not give: the layer cannot be served.
     pub size_mismatch: Option<String>,
-    label: String,
+    pub label: String,
 }
 
 /// Layer indexes by what decides their bytes, so a new version of a description reuses the
@@ -130,13 +134,32 @@ pub fn prepare(image: &str, desc: Description, indexes: &IndexCache) -> Result<(
             }
             LayerSource::File(path) => (Arc::new(check_inside_store(path).and_then(|()| FileBlob::open(path)).map_err(|e| format!("layer {i}: {e}"))?), format!("image {image} layer {i} ({path})")),
         };
+        let codec = match &layer.source {
+            LayerSource::Paths(_) => Codec::for_media_type(&layer.media_type),
+            LayerSource::File(_) => None,
+        };
+        if let Some(c) = codec {
+            c.check().map_err(|e| format!("layer {i}: {e}"))?;
+        }
+        // A compressed layer's size is checked against the pieces as they are made.
         let size_mismatch = layer
             .size
-            .filter(|&s| s != blob.size())
+            .filter(|&s| codec.is_none() && s != blob.size())
             .map(|s| format!("the description says {s} bytes but the store gives {} (the store paths hold other bytes than when it was made)", blob.size()));
-        out.push(PreparedLayer { blob, desc: layer, size_mismatch, label });
+        out.push(PreparedLayer { blob, codec, desc: layer, size_mismatch, label });
     }
     Ok((d, out))
+}
+
+/// A layer ready to serve: the bytes served under its digest, and its uncompressed digest.
+pub struct ResolvedLayer {
+    pub digest: String,
+    pub diff_id: String,
+    pub blob: Arc<dyn Blob>,
+    /// The uncompressed tar of a compressed layer.
+    pub tar: Option<Arc<dyn Blob>>,
+    /// Why its bytes cannot be the ones the description names: the layer fails when read.
+    pub mismatch: Option<String>,
 }
 
 impl PreparedLayer {
@@ -146,36 +169,84 @@ impl PreparedLayer {
             LayerSource::File(_) => None,
         }
     }
+
+    /// The digest of `self.blob` (the tar or the file): the given one, else cached, else computed.
+    fn blob_digest(&self, given: Option<&String>, cache: &DigestCache) -> Result<String, String> {
+        if let Some(d) = given {
+            return Ok(d.clone());
+        }
+        let key = self.cache_key();
+        if let Some(d) = key.as_ref().and_then(|k| cache.get(k, self.blob.size())) {
+            return Ok(d);
+        }
+        let d = sha256_blob(self.blob.as_ref()).map_err(|e| format!("{}: {e}", self.label))?;
+        if let Some(k) = key {
+            cache.put(&k, &d, self.blob.size());
+        }
+        Ok(d)
+    }
+
+    fn resolve(&self, cache: &DigestCache) -> Result<ResolvedLayer, String> {
+        let Some(codec) = self.codec else {
+            let digest = self.blob_digest(self.desc.digest.as_ref(), cache)?;
+            let diff_id = self.desc.diff_id.clone().unwrap_or_else(|| digest.clone());
+            return Ok(ResolvedLayer { digest, diff_id, blob: self.blob.clone(), tar: None, mismatch: self.size_mismatch.clone() });
+        };
+        let diff_id = self.blob_digest(self.desc.diff_id.as_ref(), cache)?;
+        let key = self.cache_key().map(|k| codec.cache_key(&k));
+        let table = key.as_ref().and_then(|k| cache.get_table(k, codec.pieces(self.blob.size())));
+        let pieces = Pieces::new(self.blob.clone(), codec, table, key.clone().map(|k| (cache.clone(), k)), self.label.clone());
+        // What this nixoci made of the layer before, when the cache remembers.
+        let made = pieces.total().map(|size| (key.as_ref().and_then(|k| cache.get(k, size)), size));
+        let (digest, size, mismatch) = match (&self.desc.digest, self.desc.size, made) {
+            (Some(d), Some(s), made) => {
+                let mismatch = match made {
+                    Some((_, ms)) if ms != s => Some(format!("the description says {s} bytes, this nixoci makes {ms}")),
+                    Some((Some(md), _)) if md != *d => Some(format!("the description says {d}, this nixoci makes {md}")),
+                    _ => None,
+                };
+                (d.clone(), s, mismatch)
+            }
+            (_, given, Some((Some(d), s))) => (d, s, given.filter(|&g| g != s).map(|g| format!("the description says {g} bytes, this nixoci makes {s}"))),
+            (_, given, _) => {
+                let started = std::time::Instant::now();
+                let (d, s) = pieces.scan().map_err(|e| format!("{}: {e}", self.label))?;
+                log::info!(
+                    "{}: {} in {:.2?}: {s} bytes, {:.1}% of the tar",
+                    self.label,
+                    codec.name(),
+                    started.elapsed(),
+                    100.0 * s as f64 / self.blob.size() as f64
+                );
+                if let Some(k) = &key {
+                    cache.put(k, &d, s);
+                }
+                (d, s, given.filter(|&g| g != s).map(|g| format!("the description says {g} bytes, this nixoci makes {s}")))
+            }
+        };
+        let mismatch = mismatch.map(|m| format!("{m} of {}: its digest was made by another compressor", codec.name()));
+        Ok(ResolvedLayer { digest, diff_id, blob: Arc::new(Compressed::new(pieces, size)), tar: Some(self.blob.clone()), mismatch })
+    }
 }
 
-/// Digests for every layer: the given one, else the cached one, else computed (in parallel).
-pub fn layer_digests(layers: &[PreparedLayer], cache: &DigestCache) -> Result<Vec<String>, String> {
-    let mut digests: Vec<Option<String>> = layers
-        .iter()
-        .map(|l| l.desc.digest.clone().or_else(|| cache.get(&l.cache_key()?, l.blob.size())))
-        .collect();
-    let todo: Vec<usize> = (0..layers.len()).filter(|&i| digests[i].is_none()).collect();
+/// Every layer resolved: digests given, cached or computed (layers in parallel).
+pub fn resolve_layers(layers: &[PreparedLayer], cache: &DigestCache) -> Result<Vec<ResolvedLayer>, String> {
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(todo.len());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(layers.len());
     std::thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| {
-                while let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let r = sha256_blob(layers[i].blob.as_ref()).map_err(|e| format!("{}: {e}", layers[i].label));
-                    results.lock().unwrap().push((i, r));
-                }
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(l) = layers.get(i) else { return };
+                let r = l.resolve(cache);
+                results.lock().unwrap().push((i, r));
             });
         }
     });
-    for (i, r) in results.into_inner().unwrap() {
-        let d = r?;
-        if let Some(key) = layers[i].cache_key() {
-            cache.put(&key, &d, layers[i].blob.size());
-        }
-        digests[i] = Some(d);
-    }
-    Ok(digests.into_iter().map(Option::unwrap).collect())
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// A generated JSON blob (config, manifest): compact, keys in the order given, so byte-stable.
@@ -193,24 +264,52 @@ pub struct Image {
     pub config: Arc<ServedBlob>,
     pub layers: Vec<Arc<ServedBlob>>,
     pub index_json: Vec<u8>,
+    /// What the docker-archive view holds instead, when it differs: the same image with its zstd
+    /// layers uncompressed (Docker 20.10 reads no zstd, and compressing for a local load gains
+    /// nothing). Same config, same diff_ids; its own manifest.
+    pub for_docker: Option<Box<Image>>,
+}
+
+/// The manifest over a config and layers, and the index.json naming it under `tag`.
+fn manifest_and_index(name: &str, config: &ServedBlob, layers: &[Arc<ServedBlob>], tag: &str) -> (Arc<ServedBlob>, Vec<u8>) {
+    let manifest = json_blob(&json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": config.descriptor(),
+        "layers": layers.iter().map(|l| l.descriptor()).collect::<Vec<_>>(),
+    }), MANIFEST_TYPE, format!("image {name} manifest"));
+    let mut desc_json = manifest.descriptor();
+    desc_json["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+    let index_json = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [desc_json]})).unwrap();
+    (manifest, index_json)
 }
 
 impl Image {
     pub fn build(name: &str, desc: Description, layers: Vec<PreparedLayer>, cache: &DigestCache) -> Result<Image, String> {
-        let digests = layer_digests(&layers, cache)?;
+        let resolved = resolve_layers(&layers, cache)?;
         let mut served = Vec::new();
+        let mut for_docker = Vec::new();
         let mut diff_ids = Vec::new();
         let mut history = Vec::new();
-        for (l, digest) in layers.into_iter().zip(digests) {
-            diff_ids.push(l.desc.diff_id.clone().unwrap_or_else(|| digest.clone()));
+        for (l, r) in layers.into_iter().zip(resolved) {
             history.push(Value::Object(l.desc.history.clone()));
-            let sb = ServedBlob::new(digest, &l.desc.media_type, l.blob, l.label);
+            let sb = ServedBlob::new(r.digest, &l.desc.media_type, r.blob, l.label.clone());
             // A digest nixoci made itself came from these very bytes through the same read path.
             sb.verified.store(l.desc.digest.is_none(), Ordering::Relaxed);
-            if let Some(why) = l.size_mismatch {
+            if let Some(why) = r.mismatch {
                 sb.fail(why);
             }
-            served.push(Arc::new(sb));
+            let sb = Arc::new(sb);
+            for_docker.push(match (l.codec, r.tar) {
+                (Some(Codec::Zstd), Some(tar)) => {
+                    let tar = ServedBlob::new(r.diff_id.clone(), LAYER_TAR, tar, format!("{} uncompressed", l.label));
+                    tar.verified.store(l.desc.diff_id.is_none(), Ordering::Relaxed);
+                    Arc::new(tar)
+                }
+                _ => sb.clone(),
+            });
+            served.push(sb);
+            diff_ids.push(r.diff_id);
         }
         let mut config = serde_json::Map::new();
         if let Some(c) = &desc.created {
@@ -222,17 +321,13 @@ impl Image {
         config.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
         config.insert("history".into(), Value::Array(history));
         let config = json_blob(&Value::Object(config), CONFIG_TYPE, format!("image {name} config"));
-        let manifest = json_blob(&json!({
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_TYPE,
-            "config": config.descriptor(),
-            "layers": served.iter().map(|l| l.descriptor()).collect::<Vec<_>>(),
-        }), MANIFEST_TYPE, format!("image {name} manifest"));
-        let mut desc_json = manifest.descriptor();
-        desc_json["annotations"] = json!({"org.opencontainers.image.ref.name": desc.tag});
-        let index_json =
-            serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [desc_json]})).unwrap();
-        Ok(Image { tag: desc.tag, manifest, config, layers: served, index_json })
+        let for_docker = served.iter().zip(&for_docker).any(|(a, b)| !Arc::ptr_eq(a, b)).then(|| {
+            let (manifest, index_json) = manifest_and_index(name, &config, &for_docker, &desc.tag);
+            let layers = for_docker;
+            Box::new(Image { tag: desc.tag.clone(), manifest, config: config.clone(), layers, index_json, for_docker: None })
+        });
+        let (manifest, index_json) = manifest_and_index(name, &config, &served, &desc.tag);
+        Ok(Image { tag: desc.tag, manifest, config, layers: served, index_json, for_docker })
     }
 
     /// Every distinct blob: manifest, config, layers (an image may hold the same layer twice).

@@ -3,6 +3,7 @@
 pub mod blob;
 pub mod catalog;
 pub mod commands;
+pub mod compress;
 pub mod description;
 pub mod digest;
 pub mod fs;

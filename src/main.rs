@@ -26,6 +26,9 @@ enum Command {
         /// FUSE worker threads
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Threads that compress gzip and zstd layers [default: one per core]
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        compress_threads: usize,
     },
     /// Write an image as real files, read through the same code the mount serves from.
     Export {
@@ -57,7 +60,10 @@ fn main() {
     let level = if matches!(cli.command, Command::Mount { .. }) { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
-        Command::Mount { mountpoint, images, cache_dir, threads } => nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads),
+        Command::Mount { mountpoint, images, cache_dir, threads, compress_threads } => {
+            nixoci::compress::pool::set_threads(compress_threads);
+            nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads)
+        }
         Command::Export { description, out, format, cache_dir } => commands::export(&description, &out, format, &cache(cache_dir)),
         Command::Digest { description, cache_dir } => commands::digest(&description, &cache(cache_dir)).map(|s| print!("{s}")),
         Command::Check { description } => match commands::check(&description) {

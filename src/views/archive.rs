@@ -51,6 +51,7 @@ pub fn archive_index(name: &str, image: &Image) -> Vec<u8> {
 }
 
 pub fn build(name: &str, image: &Image) -> Concat {
+    let image = image.for_docker.as_deref().unwrap_or(image);
     let mut parts = Vec::new();
     // Small files first: readers scan from the start for manifest.json.
     member(&mut parts, "manifest.json", Arc::new(docker_manifest(name, image)));
