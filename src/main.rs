@@ -62,6 +62,10 @@ fn main() {
     let result = match cli.command {
         Command::Mount { mountpoint, images, cache_dir, threads, compress_threads } => {
             nixoci::compress::pool::set_threads(compress_threads);
+            // Large buffers (FUSE replies, compressed pieces) go back to the kernel when freed:
+            // glibc would otherwise raise this threshold after the first one and keep tens of
+            // MB of them resident (measured on the app closure: 76 MB peak, 49 with this).
+            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
             nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads)
         }
         Command::Export { description, out, format, cache_dir } => commands::export(&description, &out, format, &cache(cache_dir)),

@@ -1,6 +1,7 @@
 //! The two compressors and their pinned settings, and the compression of one piece of a tar.
 //! Everything that decides the compressed bytes is in `Codec::version`, which keys the cache.
 
+use super::Piece;
 use crate::blob::Blob;
 use crate::digest::hex;
 use sha2::{Digest, Sha256};
@@ -90,7 +91,7 @@ impl Codec {
     }
 
     /// Piece `k` of `tar`, compressed: one gzip member or one zstd frame.
-    pub fn compress_piece(self, tar: &dyn Blob, k: usize) -> io::Result<Arc<[u8]>> {
+    pub fn compress_piece(self, tar: &dyn Blob, k: usize) -> io::Result<Piece> {
         let start = k as u64 * self.piece_size();
         let len = tar.size().saturating_sub(start).min(self.piece_size()) as usize;
         WORKER.with_borrow_mut(|w| {
@@ -99,23 +100,25 @@ impl Codec {
             if got != len {
                 return Err(io::Error::other(format!("the tar ended at {} of {} bytes", start + got as u64, tar.size())));
             }
-            let n = match self {
+            let mut out;
+            match self {
                 Codec::Gzip => {
                     let c = w.gzip.get_or_insert_with(|| {
                         libdeflater::Compressor::new(libdeflater::CompressionLvl::new(GZIP_LEVEL).expect("a valid level"))
                     });
-                    w.output.resize(c.gzip_compress_bound(len), 0);
-                    c.gzip_compress(&w.input, &mut w.output).map_err(|e| io::Error::other(format!("gzip: {e}")))?
+                    out = vec![0; c.gzip_compress_bound(len)];
+                    let n = c.gzip_compress(&w.input, &mut out).map_err(|e| io::Error::other(format!("gzip: {e}")))?;
+                    out.truncate(n);
                 }
                 Codec::Zstd => {
                     let c = w.zstd.get_or_insert_with(zstd_context);
-                    w.output.clear();
-                    w.output.reserve(zstd_safe::compress_bound(len));
-                    c.compress2(&mut w.output, &w.input)
-                        .map_err(|code| io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code))))?
+                    out = Vec::with_capacity(zstd_safe::compress_bound(len));
+                    c.compress2(&mut out, &w.input)
+                        .map_err(|code| io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code))))?;
                 }
-            };
-            Ok(Arc::from(&w.output[..n]))
+            }
+            out.shrink_to_fit();
+            Ok(Arc::new(out))
         })
     }
 }
@@ -129,11 +132,10 @@ fn zstd_context() -> zstd_safe::CCtx<'static> {
     c
 }
 
-/// A compressing thread's buffers and compressor state, reused from piece to piece.
+/// A compressing thread's input buffer and compressor state, reused from piece to piece.
 #[derive(Default)]
 struct Worker {
     input: Vec<u8>,
-    output: Vec<u8>,
     gzip: Option<libdeflater::Compressor>,
     zstd: Option<zstd_safe::CCtx<'static>>,
 }

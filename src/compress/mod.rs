@@ -18,19 +18,44 @@ use crate::blob::Blob;
 use crate::digest::{hex, DigestCache};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
-use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+/// One compressed piece.
+pub type Piece = Arc<Vec<u8>>;
 
 /// How far a sequential reader is compressed ahead, in tar bytes: enough pieces to keep every
 /// pool thread busy, and to cover a 4 MiB read of gzip (~4x smaller than the tar).
 const AHEAD_BYTES: u64 = 16 << 20;
 
-/// The pieces of one compressed layer: made on demand on the pool, a few kept, the table grown
-/// as pieces come out in order.
+/// Compressed pieces kept for readers, across all layers: those made ahead of sequential
+/// readers (~4 MiB for each) and the one a reader takes in several requests.
+const KEPT_BYTES: usize = 16 << 20;
+
+struct Kept {
+    pieces: LruCache<(u64, usize), Piece>,
+    bytes: usize,
+}
+
+fn kept() -> std::sync::MutexGuard<'static, Kept> {
+    static KEPT: OnceLock<Mutex<Kept>> = OnceLock::new();
+    KEPT.get_or_init(|| Mutex::new(Kept { pieces: LruCache::unbounded(), bytes: 0 })).lock().unwrap()
+}
+
+/// A piece being made: who waits for it gets the result here, kept or not.
+#[derive(Default)]
+struct Slot {
+    result: Mutex<Option<Result<Piece, String>>>,
+    done: Condvar,
+}
+
+/// The pieces of one compressed layer: made on demand on the pool, the table grown as they come
+/// out in order.
 pub struct Pieces {
+    id: u64,
     tar: Arc<dyn Blob>,
     codec: Codec,
     count: usize,
@@ -39,7 +64,6 @@ pub struct Pieces {
     keep: Option<(DigestCache, String)>,
     label: String,
     state: Mutex<State>,
-    changed: Condvar,
 }
 
 struct State {
@@ -47,9 +71,7 @@ struct State {
     sizes: Vec<u32>,
     /// End offsets in the compressed stream of the pieces known with no gap from the first.
     ends: Vec<u64>,
-    ready: LruCache<usize, Arc<[u8]>>,
-    running: HashSet<usize>,
-    failed: HashMap<usize, String>,
+    running: HashMap<usize, Arc<Slot>>,
     /// A piece came out with another size than before: nothing of this blob can be trusted.
     broken: Option<String>,
     /// The last piece asked for: reading on from it compresses the next ones ahead.
@@ -59,20 +81,14 @@ struct State {
 impl Pieces {
     /// `table`: the compressed sizes from the cache, when they were made before.
     pub fn new(tar: Arc<dyn Blob>, codec: Codec, table: Option<Vec<u32>>, keep: Option<(DigestCache, String)>, label: String) -> Arc<Pieces> {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         let count = codec.pieces(tar.size());
         let ahead = ((AHEAD_BYTES / codec.piece_size()) as usize).max(2 * pool::get().threads());
         let sizes = table.filter(|t| t.len() == count).unwrap_or_else(|| vec![0; count]);
-        let mut state = State {
-            sizes,
-            ends: Vec::with_capacity(count),
-            ready: LruCache::new(NonZeroUsize::new(2 * ahead + 2).unwrap()),
-            running: HashSet::new(),
-            failed: HashMap::new(),
-            broken: None,
-            last: 0,
-        };
+        let mut state = State { sizes, ends: Vec::with_capacity(count), running: HashMap::new(), broken: None, last: 0 };
         state.extend();
-        Arc::new(Pieces { tar, codec, count, ahead, keep, label, state: Mutex::new(state), changed: Condvar::new() })
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Pieces { id, tar, codec, count, ahead, keep, label, state: Mutex::new(state) })
     }
 
     pub fn codec(&self) -> Codec {
@@ -100,68 +116,83 @@ impl Pieces {
 
     /// Piece `k`, compressed. Reading on from the previous piece starts the next ones on the
     /// pool meanwhile, as pigz does; a read elsewhere makes only its own piece.
-    pub fn piece(self: &Arc<Self>, k: usize) -> io::Result<Arc<[u8]>> {
-        let mut st = self.state.lock().unwrap();
-        if (st.last..=st.last + self.ahead).contains(&k) {
-            for j in k + 1..(k + 1 + self.ahead).min(self.count) {
-                self.start(&mut st, j, false);
-            }
-        }
-        st.last = k;
-        loop {
+    pub fn piece(self: &Arc<Self>, k: usize) -> io::Result<Piece> {
+        let slot = {
+            let mut st = self.state.lock().unwrap();
             if let Some(why) = &st.broken {
                 return Err(io::Error::other(why.clone()));
             }
-            if let Some(p) = st.ready.get(&k) {
+            if (st.last..=st.last + self.ahead).contains(&k) {
+                for j in k + 1..(k + 1 + self.ahead).min(self.count) {
+                    self.start(&mut st, j, false);
+                }
+            }
+            st.last = k;
+            if let Some(p) = kept().pieces.get(&(self.id, k)) {
                 return Ok(p.clone());
             }
-            if let Some(e) = st.failed.remove(&k) {
-                return Err(io::Error::other(e));
+            self.start(&mut st, k, true)
+        };
+        let mut result = slot.result.lock().unwrap();
+        loop {
+            match &*result {
+                Some(r) => return r.clone().map_err(io::Error::other),
+                None => result = slot.done.wait(result).unwrap(),
             }
-            self.start(&mut st, k, true);
-            st = self.changed.wait(st).unwrap();
         }
     }
 
-    fn start(self: &Arc<Self>, st: &mut State, k: usize, urgent: bool) {
-        if st.ready.contains(&k) || st.failed.contains_key(&k) || !st.running.insert(k) {
-            return;
+    /// The slot of piece `k`, submitting it to the pool unless it is kept or being made.
+    fn start(self: &Arc<Self>, st: &mut State, k: usize, urgent: bool) -> Arc<Slot> {
+        if let Some(slot) = st.running.get(&k) {
+            return slot.clone();
         }
+        let slot = Arc::new(Slot::default());
+        if !urgent && kept().pieces.contains(&(self.id, k)) {
+            return slot;
+        }
+        st.running.insert(k, slot.clone());
         let me = self.clone();
         pool::get().submit(urgent, Box::new(move || me.make(k)));
+        slot
     }
 
     /// Runs on the pool: compress piece `k`, record its size, hand it to whoever waits.
     fn make(&self, k: usize) {
         let res = catch_unwind(AssertUnwindSafe(|| self.codec.compress_piece(self.tar.as_ref(), k)))
-            .unwrap_or_else(|_| Err(io::Error::other("the compressor panicked")));
+            .unwrap_or_else(|_| Err(io::Error::other("the compressor panicked")))
+            .map_err(|e| e.to_string());
         let mut st = self.state.lock().unwrap();
-        st.running.remove(&k);
+        let slot = st.running.remove(&k).expect("a running piece has a slot");
         let mut completed = None;
-        match res {
-            Err(e) => {
-                st.failed.insert(k, e.to_string());
-            }
-            Ok(data) => {
-                let n = data.len() as u32;
-                if st.sizes[k] == 0 {
-                    st.sizes[k] = n;
-                    let before = st.ends.len();
-                    st.extend();
-                    if before < self.count && st.ends.len() == self.count {
-                        completed = Some(st.sizes.clone());
-                    }
-                } else if st.sizes[k] != n {
-                    let why = format!(
-                        "piece {k} compressed to {n} bytes where it made {} before: its bytes cannot be reproduced",
-                        st.sizes[k]
-                    );
-                    log::error!("{}: {why}", self.label);
-                    st.broken = Some(why);
+        if let Ok(data) = &res {
+            let n = data.len() as u32;
+            if st.sizes[k] == 0 {
+                st.sizes[k] = n;
+                let before = st.ends.len();
+                st.extend();
+                if before < self.count && st.ends.len() == self.count {
+                    completed = Some(st.sizes.clone());
                 }
-                st.ready.put(k, data);
+            } else if st.sizes[k] != n {
+                let why = format!("piece {k} compressed to {n} bytes where it made {} before: its bytes cannot be reproduced", st.sizes[k]);
+                log::error!("{}: {why}", self.label);
+                st.broken = Some(why);
+            }
+            let mut kept = kept();
+            kept.bytes += data.len();
+            if let Some(old) = kept.pieces.put((self.id, k), data.clone()) {
+                kept.bytes -= old.len();
+            }
+            while kept.bytes > KEPT_BYTES {
+                let Some((_, old)) = kept.pieces.pop_lru() else { break };
+                kept.bytes -= old.len();
             }
         }
+        let res = match &st.broken {
+            Some(why) => Err(why.clone()),
+            None => res,
+        };
         drop(st);
         if let Some(table) = completed {
             let total: u64 = table.iter().map(|&n| n as u64).sum();
@@ -170,7 +201,8 @@ impl Pieces {
                 cache.put_table(key, &table);
             }
         }
-        self.changed.notify_all();
+        *slot.result.lock().unwrap() = Some(res);
+        slot.done.notify_all();
     }
 
     /// One pass over every piece in order: the digest of the compressed stream, and its size.
@@ -178,10 +210,22 @@ impl Pieces {
     pub fn scan(self: &Arc<Self>) -> io::Result<(String, u64)> {
         let mut h = Sha256::new();
         for k in 0..self.count {
-            h.update(&self.piece(k)?);
+            h.update(&*self.piece(k)?);
         }
         let total = self.total().expect("every piece was made");
         Ok((format!("sha256:{}", hex(&h.finalize())), total))
+    }
+}
+
+impl Drop for Pieces {
+    /// A layer no longer served leaves no piece behind.
+    fn drop(&mut self) {
+        let mut kept = kept();
+        for k in 0..self.count {
+            if let Some(old) = kept.pieces.pop(&(self.id, k)) {
+                kept.bytes -= old.len();
+            }
+        }
     }
 }
 
@@ -328,14 +372,21 @@ mod tests {
             let (_, size) = pieces(&tar, codec, None).scan().unwrap();
             let whole = read_all(&Compressed::new(pieces(&tar, codec, None), size)).unwrap();
             // Without a table (a digest given by the description): reads far ahead make it.
+            // Four readers at once, as FUSE threads are.
             let lazy = Compressed::new(pieces(&tar, codec, None), size);
-            for i in 0..2000 {
-                let off = fastrand::usize(..whole.len());
-                let len = fastrand::usize(1..=(whole.len() - off).min(if i % 2 == 0 { 300 } else { 3 << 20 }));
-                let mut buf = vec![0u8; len];
-                assert_eq!(lazy.read_at(off as u64, &mut buf).unwrap(), len);
-                assert!(buf == whole[off..off + len], "{codec:?}: {len} bytes at {off}");
-            }
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        for i in 0..500 {
+                            let off = fastrand::usize(..whole.len());
+                            let len = fastrand::usize(1..=(whole.len() - off).min(if i % 2 == 0 { 300 } else { 3 << 20 }));
+                            let mut buf = vec![0u8; len];
+                            assert_eq!(lazy.read_at(off as u64, &mut buf).unwrap(), len);
+                            assert!(buf == whole[off..off + len], "{codec:?}: {len} bytes at {off}");
+                        }
+                    });
+                }
+            });
             let mut tail = vec![0u8; 100];
             assert_eq!(lazy.read_at(size - 10, &mut tail).unwrap(), 10, "a read past the end is short");
         }
