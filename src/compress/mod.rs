@@ -122,7 +122,7 @@ impl Pieces {
             if let Some(why) = &st.broken {
                 return Err(io::Error::other(why.clone()));
             }
-            if (st.last..=st.last + self.ahead).contains(&k) {
+            if k == st.last || k == st.last + 1 {
                 for j in k + 1..(k + 1 + self.ahead).min(self.count) {
                     self.start(&mut st, j, false);
                 }

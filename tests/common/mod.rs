@@ -206,20 +206,28 @@ impl Mount {
     /// Fresh temp dirs, an images dir holding `images` (file name, description) as symlinks;
     /// the mount point itself is left for nixoci to create.
     pub fn new(images: &[(&str, &Path)]) -> Mount {
+        Mount::with_args(images, &[])
+    }
+
+    /// Like `new`, with more `nixoci mount` options (e.g. `--threads 1`).
+    pub fn with_args(images: &[(&str, &Path)], args: &[&str]) -> Mount {
         let (tmp, base) = temp_dir();
         let dir = base.join("images");
         fs::create_dir(&dir).unwrap();
         for (name, description) in images {
             link_image(&dir, name, description);
         }
-        let images = dir;
-        let mut m = Mount::start(&base.join("mnt"), &images, &base.join("cache"), &base.join("nixoci.log"));
+        let mut m = Mount::start_with(&base.join("mnt"), &dir, &base.join("cache"), &base.join("nixoci.log"), args);
         m._tmp = Some(tmp);
         m
     }
 
     /// Starts nixoci on given paths (used to restart on a place left stale); the log appends.
     pub fn start(mnt: &Path, images: &Path, cache: &Path, log: &Path) -> Mount {
+        Mount::start_with(mnt, images, cache, log, &[])
+    }
+
+    fn start_with(mnt: &Path, images: &Path, cache: &Path, log: &Path, args: &[&str]) -> Mount {
         let logf = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut cmd = Command::new(nixoci_bin());
         cmd.arg("mount")
@@ -228,6 +236,7 @@ impl Mount {
             .arg(images)
             .arg("--cache-dir")
             .arg(cache)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
@@ -387,7 +396,7 @@ pub fn app_description(dir: &Path, attr: &str) -> (PathBuf, PathBuf) {
     let top = nix_build(&corpus(), attr);
     let layers: Vec<serde_json::Value> = [nix_build(&corpus(), "busybox"), nix_build(&corpus(), "python"), top.clone()]
         .iter()
-        .map(|p| serde_json::json!({"paths": [{"path": p}], "mediatype": "application/vnd.oci.image.layer.v1.tar"}))
+        .map(|p| serde_json::json!({"paths": [{"path": p}], "mediatype": LAYER_TAR}))
         .collect();
     let json = serde_json::json!({
         "version": 1,
@@ -464,9 +473,35 @@ pub fn oci_image_id(layout: &Path) -> ImageId {
     ImageId { config, diff_ids, config_json: cfg }
 }
 
-/// sha256 hex of `gzip -dc FILE`, hashed as it streams.
-pub fn sha256_gunzip(path: &Path) -> String {
-    let mut child = tool("gzip").arg("-dc").arg(path).stdout(Stdio::piped()).spawn().unwrap();
+pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// Writes `out`: `description` with every layer's mediatype set to `mediatype` (e.g. a fixture
+/// served gzip-compressed); returns `out`.
+pub fn retyped(description: &Path, mediatype: &str, out: &Path) -> PathBuf {
+    let mut json = read_json(description);
+    for l in json["layers"].as_array_mut().unwrap() {
+        l["mediatype"] = mediatype.into();
+    }
+    fs::write(out, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    out.to_path_buf()
+}
+
+/// The tool that decompresses a blob, from its first bytes: gzip, zstd, or None (a plain tar).
+pub fn decompressor(path: &Path) -> Option<&'static str> {
+    let mut magic = [0u8; 4];
+    File::open(path).unwrap().read_exact(&mut magic).unwrap();
+    match magic {
+        [0x1f, 0x8b, _, _] => Some("gzip"),
+        [0x28, 0xb5, 0x2f, 0xfd] => Some("zstd"),
+        _ => None,
+    }
+}
+
+/// sha256 hex of `TOOL -dc FILE` (gzip or zstd), hashed as it streams.
+pub fn sha256_decompressed(path: &Path, decompress: &str) -> String {
+    let mut child = tool(decompress).arg("-dc").arg(path).stdout(Stdio::piped()).spawn().unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -477,13 +512,13 @@ pub fn sha256_gunzip(path: &Path) -> String {
         }
         h.update(&buf[..n]);
     }
-    assert!(child.wait().unwrap().success(), "gzip -dc {} failed", path.display());
+    assert!(child.wait().unwrap().success(), "{decompress} -dc {} failed", path.display());
     hex(&h.finalize())
 }
 
 /// Checks a skopeo `dir:` copy: `version` is the 33-byte marker, every blob file hashes to its
 /// name, the config has `want`'s content (and digest when `same_config_bytes`), and each layer
-/// uncompressed (gunzipped when it starts with the gzip magic: Docker manifests label
+/// uncompressed (decompressed when it starts with the gzip or zstd magic: Docker manifests label
 /// uncompressed layers `tar.gzip` too) hashes to the matching diff_id. Returns the manifest.
 pub fn verify_dir_copy(out: &Path, want: &ImageId, same_config_bytes: bool) -> serde_json::Value {
     let version = fs::read(out.join("version")).unwrap();
@@ -504,9 +539,10 @@ pub fn verify_dir_copy(out: &Path, want: &ImageId, same_config_bytes: bool) -> s
         let (hash, n) = sha256_file(&file(digest)).unwrap_or_else(|e| panic!("layer {digest} in {}: {e}", out.display()));
         assert_eq!(format!("sha256:{hash}"), digest, "layer file hashes to its name");
         assert_eq!(l["size"].as_u64(), Some(n), "descriptor size of {digest}");
-        let mut magic = [0u8; 2];
-        File::open(file(digest)).unwrap().read_exact(&mut magic).unwrap();
-        let uncompressed = if magic == [0x1f, 0x8b] { format!("sha256:{}", sha256_gunzip(&file(digest))) } else { digest.to_string() };
+        let uncompressed = match decompressor(&file(digest)) {
+            Some(tool) => format!("sha256:{}", sha256_decompressed(&file(digest), tool)),
+            None => digest.to_string(),
+        };
         assert_eq!(&uncompressed, diff_id, "uncompressed digest of layer {digest} ({})", l["mediaType"]);
     }
     manifest
