@@ -362,10 +362,7 @@ fn a_fresh_ci_push_of_an_edit_uploads_only_the_changed_layer() {
     let docker = Docker::start();
     let pulled = format!("127.0.0.1:{}/app:2", reg.port);
     docker.run(["pull", &pulled]);
+    // Docker checked every layer's diff_id as it unpacked it (a run would copy 665 MB on vfs).
     let inspect: Value = serde_json::from_slice(&docker.run(["image", "inspect", &pulled]).stdout).unwrap();
     assert_eq!(inspect[0]["RootFS"]["Layers"], serde_json::json!(oci_image_id(&m.mnt.join("app")).diff_ids));
-    let app_script = read_json(&app2)["image-config"]["Entrypoint"][0].as_str().unwrap().to_string();
-    let busybox = read_json(&app2)["layers"][0]["paths"][0]["path"].as_str().unwrap().to_string();
-    let out = stdout(&docker.run(["run", "--rm", "--network", "none", "--entrypoint", &format!("{busybox}/bin/cat"), &pulled, &app_script]));
-    assert!(out.contains("hello from app v2"), "the pulled app2 holds the edited script: {out}");
 }
