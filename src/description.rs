@@ -6,7 +6,6 @@ use crate::platform::Platform;
 use regex::bytes::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::path::Path;
 
 pub const STORE_DIR: &str = "/nix/store";
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -296,11 +295,6 @@ impl Description {
         let layers = raw.layers.into_iter().enumerate().map(|(i, l)| parse_layer(i, l)).collect::<Result<_, _>>()?;
         let platform = Platform::new(&raw.os, &raw.arch, &raw.variant)?;
         Ok(Description { image_config: raw.image_config, layers, platform, created: raw.created, tag })
-    }
-
-    pub fn load(path: &Path) -> Result<Description, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        Description::parse(&bytes)
     }
 }
 
