@@ -2,7 +2,7 @@
 //! Debian's arm64 busybox, served as one OCI image index and read by skopeo (to a registry and
 //! back, and to dir:), podman (--arch, and run: arm64 through qemu), Docker (--platform), umoci
 //! and oci-image-tool; blobs shared by platforms served once; bad index descriptions refused one
-//! log line each.
+//! log line each; no NAME.tar for an index without the host's platform.
 
 mod common;
 
@@ -280,7 +280,14 @@ fn bad_index_descriptions_are_refused_one_line_each_and_the_rest_is_served() {
         ("nested", vec![path_str(&index)], "is an image index itself: an index cannot hold another index"),
         ("bad-arch", vec![x86_64.clone()], "unknown arch 'x86_64' (GOARCH names: 386, amd64"),
     ];
-    let mut files = vec![("multi.json".to_string(), index.clone()), ("busybox.json".to_string(), busybox.clone())];
+    // Not bad, but without an image for this host: served without NAME.tar, and the log says why.
+    let arm_only = tmp.join("arm-only.json");
+    fs::write(&arm_only, json!({"version": 1, "images": [fixture("busybox-arm64-image")]}).to_string()).unwrap();
+    let mut files = vec![
+        ("multi.json".to_string(), index.clone()),
+        ("busybox.json".to_string(), busybox.clone()),
+        ("arm-only.json".to_string(), arm_only),
+    ];
     for (name, images, _) in &bad {
         let f = tmp.join(format!("{name}.json"));
         fs::write(&f, json!({"version": 1, "images": images}).to_string()).unwrap();
@@ -303,6 +310,13 @@ fn bad_index_descriptions_are_refused_one_line_each_and_the_rest_is_served() {
     }
     served_fixture(&m.mnt.join("multi"));
     assert_eq!(oci_image_id(&m.mnt.join("busybox")).diff_ids.len(), 1);
+    m.expect_log(&["image arm-only: no arm-only.tar: a docker-archive holds one image", "platform linux/amd64"], Duration::from_secs(1));
+    let (_, arm) = index_entries(&m.mnt.join("arm-only"));
+    assert_eq!(arm[0].platform, arm64());
+    assert!(m.mnt.join("arm-only.dir/manifest.json").is_file());
+    let listed: Vec<String> = fs::read_dir(&m.mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!listed.contains(&"arm-only.tar".to_string()) && !m.mnt.join("arm-only.tar").exists(), "{listed:?}");
+    assert!(listed.contains(&"multi.tar".to_string()), "{listed:?}");
 }
 
 fn path_str(p: &Path) -> String {
