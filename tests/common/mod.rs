@@ -230,7 +230,8 @@ impl Mount {
         Mount::spawn(user.cmd(user.nixoci()), mnt, images, cache, log, &|m| user.can_list(m))
     }
 
-    /// `nixoci` is `cmd`; `listable` tells that the mount answers (a stale one does not).
+    /// Runs `cmd` (nixoci, as root or as a user) `mount …`; `listable` tells that the mount
+    /// answers (a stale one does not).
     fn spawn(mut cmd: Command, mnt: &Path, images: &Path, cache: &Path, log: &Path, listable: &dyn Fn(&Path) -> bool) -> Mount {
         let logf = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         cmd.arg("mount")
@@ -816,7 +817,9 @@ impl User {
         let (uid, gid) = (id("-u"), id("-g"));
         let (tmp, dir) = temp_dir();
         fs::create_dir(dir.join("home")).unwrap();
-        fs::create_dir(dir.join("run")).unwrap(); // XDG_RUNTIME_DIR: 0700, the user's
+        fs::create_dir(dir.join("run")).unwrap();
+        // XDG_RUNTIME_DIR must be the user's own, mode 0700.
+        fs::set_permissions(dir.join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         fs::copy(nixoci_bin(), dir.join("nixoci")).unwrap();
         fs::copy(repo_dir().join("tests/containers.conf"), dir.join("containers.conf")).unwrap();
         for p in ["", "home", "run", "nixoci", "containers.conf"] {
