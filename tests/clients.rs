@@ -1,8 +1,10 @@
 //! The client matrix: every view of the mount (oci:, dir:, docker-archive:) read by the stock
 //! clients (skopeo copy to dir:, oci:, containers-storage:, docker://; skopeo inspect; umoci;
-//! podman load + run; GNU tar; Python tarfile). One #[test] per cell; a missing tool fails the
-//! cell (run scripts/setup). The small hello image (busybox + a script) serves most cells; the
-//! ~665 MB app closure of shared/bench/corpus.nix serves the copies that matter for size.
+//! podman load + run; buildah bud; oci-image-tool validate; GNU tar; Python tarfile). Docker and
+//! containerd read it in tests/docker.rs, a normal user in tests/rootless.rs. One #[test] per
+//! cell; a missing tool fails the cell (run scripts/setup). The small hello image (busybox + a
+//! script) serves most cells; the ~665 MB app closure of shared/bench/corpus.nix serves the
+//! copies that matter for size.
 
 mod common;
 
@@ -377,10 +379,11 @@ fn validate(kind: &str, path: &Path) {
 fn oci_image_tool_validates_every_view() {
     let (m, _keep, name) = serve(Image::Hello);
     let layout = m.mnt.join(name);
+    let served = oci_image_id(&layout);
     validate("image", &layout);
     let dir = m.mnt.join(format!("{name}.dir"));
     validate("manifest", &dir.join("manifest.json"));
-    validate("config", &dir.join(oci_image_id(&layout).config.strip_prefix("sha256:").unwrap()));
+    validate("config", &dir.join(served.config.strip_prefix("sha256:").unwrap()));
     let (_t, tmp) = temp_dir();
     let extracted = tmp.join("extracted");
     fs::create_dir(&extracted).unwrap();
@@ -389,7 +392,7 @@ fn oci_image_tool_validates_every_view() {
     nixoci_export(&fixture("hello-image"), "oci", &tmp.join("exported"));
     validate("image", &tmp.join("exported"));
     // The tool does read the blobs: one changed byte in a layer fails it.
-    let layer = oci_blob(&extracted, &oci_image_id(&layout).diff_ids[1]);
+    let layer = oci_blob(&extracted, &served.diff_ids[1]);
     let mut bytes = fs::read(&layer).unwrap();
     bytes[600] ^= 1;
     fs::write(&layer, bytes).unwrap();
