@@ -249,12 +249,20 @@ pub fn resolve_layers(layers: &[PreparedLayer], cache: &DigestCache) -> Result<V
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-/// A generated JSON blob (config, manifest): compact, keys in the order given, so byte-stable.
-fn json_blob(value: &Value, media_type: &str, label: String) -> Arc<ServedBlob> {
+/// A generated JSON blob (config, manifest, image index): compact, keys in the order given, so
+/// byte-stable.
+pub fn json_blob(value: &Value, media_type: &str, label: String) -> Arc<ServedBlob> {
     let bytes = serde_json::to_vec(value).unwrap();
     let sb = ServedBlob::new(sha256_bytes(&bytes), media_type, Arc::new(bytes), label);
     sb.verified.store(true, Ordering::Relaxed);
     Arc::new(sb)
+}
+
+/// An OCI layout's index.json: the one manifest or image index, under its tag.
+pub fn layout_index(top: &ServedBlob, tag: &str) -> Vec<u8> {
+    let mut desc = top.descriptor();
+    desc["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+    serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [desc]})).unwrap()
 }
 
 /// An image ready to serve.
@@ -270,18 +278,14 @@ pub struct Image {
     pub for_docker: Option<Box<Image>>,
 }
 
-/// The manifest over a config and layers, and the index.json naming it under `tag`.
-fn manifest_and_index(name: &str, config: &ServedBlob, layers: &[Arc<ServedBlob>], tag: &str) -> (Arc<ServedBlob>, Vec<u8>) {
-    let manifest = json_blob(&json!({
+/// The manifest over a config and layers.
+fn manifest(name: &str, config: &ServedBlob, layers: &[Arc<ServedBlob>]) -> Arc<ServedBlob> {
+    json_blob(&json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPE,
         "config": config.descriptor(),
         "layers": layers.iter().map(|l| l.descriptor()).collect::<Vec<_>>(),
-    }), MANIFEST_TYPE, format!("image {name} manifest"));
-    let mut desc_json = manifest.descriptor();
-    desc_json["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
-    let index_json = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [desc_json]})).unwrap();
-    (manifest, index_json)
+    }), MANIFEST_TYPE, format!("image {name} manifest"))
 }
 
 impl Image {
@@ -315,18 +319,22 @@ impl Image {
         if let Some(c) = &desc.created {
             config.insert("created".into(), json!(c));
         }
-        config.insert("architecture".into(), json!(desc.arch));
-        config.insert("os".into(), json!("linux"));
+        config.insert("architecture".into(), json!(desc.platform.arch));
+        config.insert("os".into(), json!(desc.platform.os));
+        if let Some(v) = &desc.platform.variant {
+            config.insert("variant".into(), json!(v));
+        }
         config.insert("config".into(), Value::Object(desc.image_config));
         config.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
         config.insert("history".into(), Value::Array(history));
         let config = json_blob(&Value::Object(config), CONFIG_TYPE, format!("image {name} config"));
         let for_docker = served.iter().zip(&for_docker).any(|(a, b)| !Arc::ptr_eq(a, b)).then(|| {
-            let (manifest, index_json) = manifest_and_index(name, &config, &for_docker, &desc.tag);
-            let layers = for_docker;
-            Box::new(Image { tag: desc.tag.clone(), manifest, config: config.clone(), layers, index_json, for_docker: None })
+            let manifest = manifest(name, &config, &for_docker);
+            let index_json = layout_index(&manifest, &desc.tag);
+            Box::new(Image { tag: desc.tag.clone(), manifest, config: config.clone(), layers: for_docker, index_json, for_docker: None })
         });
-        let (manifest, index_json) = manifest_and_index(name, &config, &served, &desc.tag);
+        let manifest = manifest(name, &config, &served);
+        let index_json = layout_index(&manifest, &desc.tag);
         Ok(Image { tag: desc.tag, manifest, config, layers: served, index_json, for_docker })
     }
 
