@@ -514,6 +514,11 @@ pub fn decompressor(path: &Path) -> Option<&'static str> {
     }
 }
 
+/// sha256 hex of `gzip -dc FILE`, hashed as it streams.
+pub fn sha256_gunzip(path: &Path) -> String {
+    sha256_decompressed(path, "gzip")
+}
+
 /// sha256 hex of `TOOL -dc FILE` (gzip or zstd), hashed as it streams.
 pub fn sha256_decompressed(path: &Path, decompress: &str) -> String {
     let mut child = tool(decompress).arg("-dc").arg(path).stdout(Stdio::piped()).spawn().unwrap();
