@@ -74,8 +74,11 @@ struct State {
     running: HashMap<usize, Arc<Slot>>,
     /// A piece came out with another size than before: nothing of this blob can be trusted.
     broken: Option<String>,
-    /// The last piece asked for: reading on from it compresses the next ones ahead.
+    /// The furthest piece of the current run of nearby requests, and how many requests the run
+    /// has: from the second on, reading goes on sequentially and the next pieces are started.
+    /// (FUSE threads serve a sequential reader's requests slightly out of order.)
     last: usize,
+    run: usize,
 }
 
 impl Pieces {
@@ -85,7 +88,7 @@ impl Pieces {
         let count = codec.pieces(tar.size());
         let ahead = ((AHEAD_BYTES / codec.piece_size()) as usize).max(2 * pool::get().threads());
         let sizes = table.filter(|t| t.len() == count).unwrap_or_else(|| vec![0; count]);
-        let mut state = State { sizes, ends: Vec::with_capacity(count), running: HashMap::new(), broken: None, last: 0 };
+        let mut state = State { sizes, ends: Vec::with_capacity(count), running: HashMap::new(), broken: None, last: 0, run: 0 };
         state.extend();
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         Arc::new(Pieces { id, tar, codec, count, ahead, keep, label, state: Mutex::new(state) })
@@ -114,20 +117,25 @@ impl Pieces {
         (k < st.ends.len()).then(|| (k, if k == 0 { 0 } else { st.ends[k - 1] }))
     }
 
-    /// Piece `k`, compressed. Reading on from the previous piece starts the next ones on the
-    /// pool meanwhile, as pigz does; a read elsewhere makes only its own piece.
+    /// Piece `k`, compressed. Reading on sequentially starts the next pieces on the pool
+    /// meanwhile, as pigz does; a read elsewhere makes only its own piece.
     pub fn piece(self: &Arc<Self>, k: usize) -> io::Result<Piece> {
         let slot = {
             let mut st = self.state.lock().unwrap();
             if let Some(why) = &st.broken {
                 return Err(io::Error::other(why.clone()));
             }
-            if k == st.last || k == st.last + 1 {
+            if k.abs_diff(st.last) <= self.ahead {
+                st.run += 1;
+                st.last = st.last.max(k);
+            } else {
+                (st.run, st.last) = (1, k);
+            }
+            if st.run >= 2 {
                 for j in k + 1..(k + 1 + self.ahead).min(self.count) {
                     self.start(&mut st, j, false);
                 }
             }
-            st.last = k;
             if let Some(p) = kept().pieces.get(&(self.id, k)) {
                 return Ok(p.clone());
             }
