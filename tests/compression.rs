@@ -215,7 +215,7 @@ fn umoci_unpacks_gzip_layers() {
 }
 
 #[test]
-fn podman_pulls_and_runs_gzip_and_zstd_images() {
+fn podman_pulls_loads_and_runs_gzip_and_zstd_images() {
     let (_t, tmp) = temp_dir();
     let (m, images) = serve_hello(&tmp);
     let podman = Podman::new();
@@ -227,6 +227,10 @@ fn podman_pulls_and_runs_gzip_and_zstd_images() {
         assert_eq!(inspect[0]["RootFS"]["Layers"], serde_json::json!(oci_image_id(&layout).diff_ids), "{codec}");
         let out = stdout(&podman.run(["run", "--rm", &name]));
         assert!(out.contains(GREETING), "{codec}: podman run printed {out}");
+        let loaded = stdout(&podman.run([OsStr::new("load"), OsStr::new("-i"), m.mnt.join(format!("{image}.tar")).as_os_str()]));
+        assert!(loaded.contains(&format!("localhost/{image}:latest")), "{codec}: podman load of {image}.tar: {loaded}");
+        let out = stdout(&podman.run(["run", "--rm", &format!("localhost/{image}:latest")]));
+        assert!(out.contains(GREETING), "{codec}: podman run of the loaded archive printed {out}");
     }
 }
 
