@@ -6,6 +6,7 @@ use crate::fs::NixociFs;
 use crate::views::top_names;
 use fuser::{Config, INodeNo, MountOption, SessionACL};
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,11 +42,18 @@ fn raise_readahead(mnt: &Path) {
 }
 
 /// Rescan the images directory when inotify reports a change in it, and every second anyway
-/// (a description's target can change without the directory changing).
+/// (a description's target can change without the directory changing). Files being written
+/// (modified, not closed yet) are told to the catalog, which does not report them meanwhile.
 fn watch(catalog: &Catalog) {
     let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
     let dir = std::ffi::CString::new(catalog.dir().as_os_str().as_encoded_bytes()).unwrap();
-    let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_ATTRIB;
+    let mask = libc::IN_CREATE
+        | libc::IN_DELETE
+        | libc::IN_MOVED_FROM
+        | libc::IN_MOVED_TO
+        | libc::IN_MODIFY
+        | libc::IN_CLOSE_WRITE
+        | libc::IN_ATTRIB;
     if fd < 0 || unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), mask) } < 0 {
         log::warn!("cannot watch {} ({}); polling it every second", catalog.dir().display(), std::io::Error::last_os_error());
     }
@@ -55,13 +63,43 @@ fn watch(catalog: &Catalog) {
         if fd >= 0 && unsafe { libc::poll(&mut pfd, 1, 1000) } > 0 {
             // Let a burst of events (a file being written, a link being swapped) settle.
             std::thread::sleep(Duration::from_millis(20));
-            while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+            loop {
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+                note_writes(catalog, &buf[..n as usize]);
+            }
             catalog.scan();
         } else {
             if fd < 0 {
                 std::thread::sleep(Duration::from_secs(1));
             }
             catalog.refresh(Duration::from_millis(900));
+        }
+    }
+}
+
+/// Tells the catalog which files the events show opened for writing or done with.
+fn note_writes(catalog: &Catalog, events: &[u8]) {
+    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut at = 0;
+    while at + HEADER <= events.len() {
+        let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(events[at..].as_ptr().cast()) };
+        let name = &events[at + HEADER..at + HEADER + ev.len as usize];
+        at += HEADER + ev.len as usize;
+        if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+            catalog.clear_writing();
+        }
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        if name.is_empty() {
+            continue;
+        }
+        let file = catalog.dir().join(OsStr::from_bytes(name));
+        if ev.mask & libc::IN_MODIFY != 0 {
+            catalog.set_writing(file, true);
+        } else if ev.mask & (libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE) != 0 {
+            catalog.set_writing(file, false);
         }
     }
 }
