@@ -29,7 +29,7 @@ fn add_expected_blobs(blobs: &mut BTreeMap<String, Arc<dyn Blob>>, layout: &Path
         assert_eq!(format!("sha256:{}", sha256_hex(&bytes)), digest);
         blobs.insert(digest, Arc::new(bytes));
     }
-    let desc = Description::load(description).unwrap();
+    let desc = Description::parse(&fs::read(description).unwrap()).unwrap();
     for (layer, served) in desc.layers.iter().zip(manifest["layers"].as_array().unwrap()) {
         let digest = served["digest"].as_str().unwrap().to_string();
         if blobs.contains_key(&digest) {
