@@ -22,8 +22,9 @@
 //!   beside the name when neither holds.
 //! - **owners**: uid, gid, uname and gname sit in a small table per layer (nearly every entry is
 //!   root's); an entry holds its position in it.
-//! - **offsets**: an entry's first header byte is at `block × 512`; the next entry's block gives
-//!   its end, so header lengths are not stored (header = span − padded data).
+//! - **offsets**: an entry's first header byte is at `block × 512` (a `u32`: layers up to 2 TiB);
+//!   the next entry's block gives its end, so header lengths are not stored (header = span −
+//!   padded data).
 //! - **strings**: base names, link targets and stored sources are length-prefixed records in one
 //!   byte arena.
 //!

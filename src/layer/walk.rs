@@ -454,7 +454,7 @@ impl Builder {
         }
         let o = &owners[owner as usize];
         let header = tar::Header { name, kind, link, mode, uid: o.uid as u64, gid: o.gid as u64, uname: &o.uname, gname: &o.gname, size, mtime: 1 };
-        let block = u32::try_from(self.out.end_block).map_err(|_| "layer larger than 2 TiB".to_string())?;
+        let block = self.out.end_block as u32; // `finish` refuses a layer whose end does not fit
         self.out.end_block += (header.encoded_len() + tar::padded(size)) / tar::BLOCK;
         let kind_bits = match kind {
             Kind::Dir => 0,
