@@ -1,7 +1,8 @@
 # The benchmark corpus app (vectors.md §2): python + busybox + a script, three layers.
 # variant = "app2" is the corpus' app with only its script changed; `message` makes another
 # such one-line change (the incremental-rebuild benchmark uses a fresh one each time).
-{ n, variant ? "app", message ? null, corpus ? import ../../shared/bench/corpus.nix }:
+# digests = true hashes the layers at build time, as nix2container does (the vectors test).
+{ n, variant ? "app", message ? null, digests ? false, corpus ? import ../../shared/bench/corpus.nix }:
 let
   app = if message == null then corpus.${variant} else derivation {
     name = "app";
@@ -19,4 +20,5 @@ n.buildImage {
   name = "app";
   config.Entrypoint = [ "${app}/bin/app" ];
   maxLayers = 3;
+  inherit digests;
 }

@@ -9,6 +9,7 @@ in
 {
   hello = call ./hello.nix;
   basic = call ./basic.nix;
+  basicAs = name: tag: import ./basic.nix { inherit n f name tag; };
   openbar = call ./openbar.nix;
   copyToRoot = call ./copy-to-root.nix;
   layered = call ./layered.nix;
@@ -24,6 +25,7 @@ in
   # baseDir: a skopeo dir: layout in the store (the test exports fromImageBase to one)
   fromDir = import ./from-dir.nix { inherit n f baseDir; };
   app = import ./app.nix { inherit n; };
+  appDigests = import ./app.nix { inherit n; digests = true; };
   app2 = import ./app.nix { inherit n; variant = "app2"; };
   appWith = message: import ./app.nix { inherit n message; };
   fixtures = f;

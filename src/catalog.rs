@@ -47,6 +47,8 @@ pub type Served = Arc<(Image, Tree)>;
 pub struct CatalogImage {
     pub name: String,
     pub serial: u64,
+    /// The description file, symlinks resolved (what `nixoci copy` matches a mount by).
+    pub source: PathBuf,
     fingerprint: Fingerprint,
     pending: Mutex<Option<(Description, Vec<PreparedLayer>)>>,
     ready: OnceLock<Result<Served, String>>,
@@ -208,6 +210,7 @@ impl Catalog {
                     let img = Arc::new(CatalogImage {
                         name: name.clone(),
                         serial,
+                        source: file.canonicalize().unwrap_or_else(|_| file.clone()),
                         fingerprint: fp,
                         pending: Mutex::new(Some(prepared)),
                         ready: OnceLock::new(),

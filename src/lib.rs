@@ -3,10 +3,13 @@
 pub mod blob;
 pub mod catalog;
 pub mod commands;
+pub mod copy;
 pub mod description;
 pub mod digest;
 pub mod fs;
 pub mod image;
 pub mod layer;
 pub mod mount;
+pub mod nixbuild;
+pub mod plan;
 pub mod views;

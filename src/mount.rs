@@ -4,11 +4,15 @@ use crate::catalog::Catalog;
 use crate::digest::DigestCache;
 use crate::fs::NixociFs;
 use crate::views::top_names;
-use fuser::{Config, INodeNo, MountOption, SessionACL};
+use fuser::{BackgroundSession, Config, INodeNo, MountOption, SessionACL};
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The daemon's mount source in /proc/self/mountinfo: how `copy` finds running mounts.
+pub const FSNAME: &str = "nixoci";
 
 /// A mount left by a daemon that died answers ENOTCONN: detach it so we can mount again.
 /// Listing the directory asks the daemon (a `stat` may still be answered from the kernel's cache).
@@ -66,7 +70,8 @@ fn watch(catalog: &Catalog) {
     }
 }
 
-fn signals() -> libc::sigset_t {
+/// The signals that end a mount (and, in `copy`, are passed on to skopeo).
+pub fn signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -77,21 +82,12 @@ fn signals() -> libc::sigset_t {
     }
 }
 
-pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> Result<(), String> {
-    // Block the signals before any thread starts, so only the wait below receives them.
-    let set = signals();
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if !images.is_dir() {
-        return Err(format!("images directory {} does not exist", images.display()));
-    }
+/// Mounts `catalog` at `mnt`, served by background threads until the session is unmounted.
+/// `fsname` shows as the mount's source in /proc/self/mountinfo (`nixoci` for the daemon).
+pub fn serve(mnt: &Path, catalog: Arc<Catalog>, threads: usize, fsname: &str) -> Result<BackgroundSession, String> {
     clear_stale_mount(mnt)?;
-    let catalog = Catalog::new(images, cache);
-    let changes = catalog.watch_changes();
-    let watched = catalog.clone();
-    std::thread::spawn(move || watch(&watched));
-
     let mut config = Config::default();
-    config.mount_options = vec![MountOption::RO, MountOption::FSName("nixoci".into()), MountOption::Subtype("nixoci".into())];
+    config.mount_options = vec![MountOption::RO, MountOption::FSName(fsname.into()), MountOption::Subtype("nixoci".into())];
     config.n_threads = Some(threads.max(1));
     config.acl = SessionACL::All;
     // SessionACL::All is the allow_other mount option.
@@ -106,6 +102,21 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
         Err(e) => return Err(format!("cannot mount {}: {e}", mnt.display())),
     };
     raise_readahead(mnt);
+    Ok(session)
+}
+
+pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> Result<(), String> {
+    // Block the signals before any thread starts, so only the wait below receives them.
+    let set = signals();
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if !images.is_dir() {
+        return Err(format!("images directory {} does not exist", images.display()));
+    }
+    let catalog = Catalog::new(images, cache);
+    let changes = catalog.watch_changes();
+    let watched = catalog.clone();
+    std::thread::spawn(move || watch(&watched));
+    let session = serve(mnt, catalog, threads, FSNAME)?;
     // The kernel caches top-level names for a second: make it forget a changed one at once.
     // (Never from a FUSE request thread: the kernel may hold the directory locked for it.)
     let notifier = session.notifier();
