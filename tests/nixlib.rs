@@ -167,8 +167,8 @@ fn every_example_evaluates_without_import_from_derivation() {
         r#"let ex = import {r}/examples {{ nixoci = "{n}"; baseDir = "{b}"; }};
                passthru = [ "copyToRegistry" "copyToDockerDaemon" "copyToPodman" "copyTo" "linkToMount" "nixDatabase" ];
                drvs = v: [ v.drvPath ] ++ map (p: v.${{p}}.drvPath) (builtins.filter (p: v ? ${{p}}) passthru);
-           in builtins.mapAttrs (_: drvs) (removeAttrs ex [ "fixtures" "appWith" "basicAs" ])
-              // {{ appWith = drvs (ex.appWith "x"); basicAs = drvs (ex.basicAs "registry.example/b" "t"); }}"#,
+           in builtins.mapAttrs (_: drvs) (removeAttrs ex [ "fixtures" "appWith" "basicWith" ])
+              // {{ appWith = drvs (ex.appWith {{ message = "x"; }}); basicWith = drvs (ex.basicWith {{ name = "registry.example/b"; tag = "t"; }}); }}"#,
         r = repo_dir().display(),
         n = nixoci().display(),
         b = base.display()
@@ -421,7 +421,7 @@ fn app_image_matches_vectors() {
 #[test]
 fn app_change_rebuilds_without_hashing_then_only_the_top_layer_is_hashed() {
     let nonce = format!("{:x}", fastrand::u64(..));
-    let expr = |m: &str| format!("{}.appWith \"{m} {nonce}\"", examples());
+    let expr = |m: &str| format!("{}.appWith {{ message = \"{m} {nonce}\"; }}", examples());
     let warm = build_expr(&expr("warm"), "");
     let dry = run(nix_args(&mut tool("nix-build")).args(["--no-out-link", "--dry-run", "-E", &expr("changed")]));
     let text = String::from_utf8_lossy(&dry.stderr).to_string();
@@ -519,7 +519,7 @@ fn served_id(desc: &Path) -> ImageId {
 #[test]
 fn copy_to_registry_and_copy_to_push_what_pulls_back_the_same() {
     let reg = Registry::start();
-    let expr = format!("{}.basicAs \"127.0.0.1:{}/basic\" \"v1\"", examples(), reg.port);
+    let expr = format!("{}.basicWith {{ name = \"127.0.0.1:{}/basic\"; tag = \"v1\"; }}", examples(), reg.port);
     let want = served_id(&build_expr(&expr, ""));
     let c = CopyRun::new();
     let err = c.run(&mut c.cmd(script(&expr, "copyToRegistry"), ["--dest-tls-verify=false"]));
@@ -535,7 +535,7 @@ fn copy_to_registry_and_copy_to_push_what_pulls_back_the_same() {
 
 #[test]
 fn copy_to_podman_then_podman_runs_it() {
-    let expr = format!("{}.basicAs \"nixoci-podman\" \"v1\"", examples());
+    let expr = format!("{}.basicWith {{ name = \"nixoci-podman\"; tag = \"v1\"; }}", examples());
     let p = Podman::new();
     let conf = p.storage_conf();
     let c = CopyRun::new();
@@ -548,7 +548,7 @@ fn copy_to_podman_then_podman_runs_it() {
 
 #[test]
 fn copy_to_docker_daemon_then_docker_runs_it() {
-    let expr = format!("{}.basicAs \"nixoci-docker\" \"v1\"", examples());
+    let expr = format!("{}.basicWith {{ name = \"nixoci-docker\"; tag = \"v1\"; }}", examples());
     let d = Docker::start();
     let c = CopyRun::new();
     // DOCKER_HOST, as the docker client takes it (nixoci passes it on to skopeo).
