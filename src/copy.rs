@@ -169,7 +169,7 @@ impl Scratch {
         self.removed = true;
         if let Some(session) = self.session.take() {
             let mnt = self.dir.join("mnt");
-            if let Err(e) = session.umount_and_join() {
+            if let Err(e) = mount::unmount(session, &mnt) {
                 let c = std::ffi::CString::new(mnt.as_os_str().as_bytes()).unwrap();
                 if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
                     return Err(format!("cannot unmount {} ({e}): {}; {} is left", mnt.display(), std::io::Error::last_os_error(), self.dir.display()));

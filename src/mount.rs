@@ -8,6 +8,7 @@ use fuser::{BackgroundSession, Config, INodeNo, MountOption, SessionACL};
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,15 @@ fn clear_stale_mount(mnt: &Path) -> Result<(), String> {
             log::warn!("{}: clearing a stale mount (its daemon is gone)", mnt.display());
             let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                return Err(format!("{}: cannot clear stale mount: {}", mnt.display(), std::io::Error::last_os_error()));
+                let e = std::io::Error::last_os_error();
+                // Not root: the setuid helper unmounts a FUSE mount for the user who made it.
+                let helper = || Command::new("fusermount3").arg("-uz").arg(mnt).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+                if e.raw_os_error() != Some(libc::EPERM) || !helper() {
+                    return Err(format!(
+                        "{}: cannot clear stale mount: {e} (as the user who mounted it: `fusermount3 -uz {0}`; as root: `umount -l {0}`)",
+                        mnt.display()
+                    ));
+                }
             }
             Ok(())
         }
@@ -70,6 +79,18 @@ fn watch(catalog: &Catalog) {
     }
 }
 
+/// Whether the mount at `mnt` reaches mount namespaces copied from this one before it was made
+/// (rootless podman keeps one alive): "shared:N" among the optional fields of /proc/self/mountinfo,
+/// which a new mount gets when its parent mount is shared.
+fn is_shared_mount(mnt: &Path) -> bool {
+    let Ok(mnt) = std::fs::canonicalize(mnt) else { return false };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // The last line for the path is the mount on top; spaces and the like are octal-escaped.
+    let want = mnt.to_string_lossy().replace('\\', "\\134").replace(' ', "\\040").replace('\t', "\\011").replace('\n', "\\012");
+    let line = info.lines().filter(|l| l.split(' ').nth(4) == Some(want.as_str())).last();
+    line.is_some_and(|l| l.split(" - ").next().unwrap_or("").split(' ').skip(6).any(|f| f.starts_with("shared:")))
+}
+
 /// The signals that end a mount (and, in `copy`, are passed on to skopeo).
 pub fn signals() -> libc::sigset_t {
     unsafe {
@@ -82,8 +103,8 @@ pub fn signals() -> libc::sigset_t {
     }
 }
 
-/// Mounts `catalog` at `mnt`, served by background threads until the session is unmounted.
-/// `fsname` shows as the mount's source in /proc/self/mountinfo (`nixoci` for the daemon).
+/// Mounts `catalog` at `mnt`, served by background threads until `unmount`. `fsname` shows as the
+/// mount's source in /proc/self/mountinfo (`nixoci` for the daemon).
 pub fn serve(mnt: &Path, catalog: Arc<Catalog>, threads: usize, fsname: &str) -> Result<BackgroundSession, String> {
     clear_stale_mount(mnt)?;
     let mut config = Config::default();
@@ -95,7 +116,12 @@ pub fn serve(mnt: &Path, catalog: Arc<Catalog>, threads: usize, fsname: &str) ->
         Ok(s) => s,
         // Users other than root need `user_allow_other` in /etc/fuse.conf for allow_other.
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            log::warn!("mount with allow_other failed ({e}); mounting for this user only");
+            log::warn!(
+                "allow_other refused ({}): mounting for uid {} only; root and other users (dockerd, a root podman) \
+                 will get 'permission denied'. To share it, add a line `user_allow_other` to /etc/fuse.conf",
+                e.to_string().trim(),
+                unsafe { libc::geteuid() }
+            );
             config.acl = SessionACL::Owner;
             fuser::spawn_mount(NixociFs::new(catalog), mnt, &config).map_err(|e| format!("cannot mount {}: {e}", mnt.display()))?
         }
@@ -117,6 +143,14 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
     let watched = catalog.clone();
     std::thread::spawn(move || watch(&watched));
     let session = serve(mnt, catalog, threads, FSNAME)?;
+    if unsafe { libc::geteuid() } != 0 && !is_shared_mount(mnt) {
+        log::warn!(
+            "{} is not a shared mount (its parent mount is private), so a rootless podman that is already \
+             running does not see it: run `podman system migrate` after mounting (it restarts podman's \
+             namespace), or make the parent shared as systemd does (`mount --make-rshared /`, as root)",
+            mnt.display()
+        );
+    }
     // The kernel caches top-level names for a second: make it forget a changed one at once.
     // (Never from a FUSE request thread: the kernel may hold the directory locked for it.)
     let notifier = session.notifier();
@@ -141,5 +175,26 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
             return session.join().map_err(|e| e.to_string());
         }
     }
-    session.umount_and_join().map_err(|e| format!("unmount of {}: {e}", mnt.display()))
+    unmount(session, mnt)
+}
+
+/// Unmounts and waits for the session's end, but not for long: the session ends when the last
+/// copy of the mount is gone, and a mount namespace made while it was mounted keeps a copy (a
+/// rootless podman's pause process does). Exiting closes the FUSE device, and the copy there
+/// fails with ENOTCONN from then on.
+pub fn unmount(session: BackgroundSession, mnt: &Path) -> Result<(), String> {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(session.umount_and_join()));
+    match finished.recv_timeout(Duration::from_secs(5)) {
+        Ok(result) => result.map_err(|e| format!("unmount of {}: {e}", mnt.display())),
+        Err(_) => {
+            log::warn!(
+                "{}: the FUSE session is still held 5 s after unmounting, by a copy of the mount in another \
+                 mount namespace (a rootless podman started while it was mounted keeps one); exiting anyway: \
+                 that copy is dead from now on (`podman system migrate` drops it)",
+                mnt.display()
+            );
+            Ok(())
+        }
+    }
 }
