@@ -356,6 +356,51 @@ mod tests {
         assert_eq!(Value::Object(kept), json!({"User": "1", "Cmd": ["/bin/sh"]}));
     }
 
+    /// A buildImage step end to end on made-up store paths (nothing is hashed without digests):
+    /// base layers first, then the nested layer once, then its own layers, the database last.
+    #[test]
+    fn image_step_writes_base_nested_and_own_layers() {
+        let t = tempfile::tempdir().unwrap();
+        let p = |n: &str| format!("/nix/store/{}-{n}", n.repeat(32)[..32].to_string());
+        let (cfg, app, lib, root, db) = (p("c"), p("a"), p("l"), p("r"), p("d"));
+        let nested = t.path().join("nested");
+        std::fs::create_dir(&nested).unwrap();
+        let nested_layer = json!({"digest": format!("sha256:{}", "1".repeat(64)), "size": 1, "diff_ids": format!("sha256:{}", "1".repeat(64)),
+                                  "paths": [{"path": lib}], "mediatype": LAYER_TAR, "History": {}});
+        std::fs::write(nested.join("layers.json"), serde_json::to_vec(&json!([nested_layer])).unwrap()).unwrap();
+        let base = t.path().join("base.json");
+        let base_layer = json!({"digest": format!("sha256:{}", "2".repeat(64)), "size": 2, "diff_ids": format!("sha256:{}", "2".repeat(64)),
+                                "layer-path": p("b"), "mediatype": LAYER_TAR, "History": {}});
+        std::fs::write(&base, serde_json::to_vec(&json!({"version": 1, "image-config": {"Env": ["A=1"], "Cmd": ["sh"]}, "layers": [base_layer]})).unwrap()).unwrap();
+        let out = t.path().join("out.json");
+        let attrs = json!({
+            "outputs": {"out": out},
+            "graph": [
+                {"path": cfg, "references": [app], "narHash": "", "narSize": 1},
+                {"path": app, "references": [lib], "narHash": "", "narSize": 1},
+                {"path": lib, "references": [], "narHash": "", "narSize": 1},
+                {"path": root, "references": [app], "narHash": "", "narSize": 1},
+            ],
+            "nixoci": {
+                "kind": "image", "ignore": [cfg], "copyToRoot": [root], "perms": [], "maxLayers": 5, "layering": "popularity",
+                "metadata": {"created_by": "test"}, "reproducible": true, "layers": [nested, nested],
+                "config": {"entrypoint": ["/app"]}, "fromImage": base, "arch": "arm64", "created": null, "tag": "v1",
+                "nixDatabase": {"path": db, "uid": 0, "gid": 0}, "digests": false,
+            },
+        });
+        let attrs_file = t.path().join(".attrs.json");
+        std::fs::write(&attrs_file, serde_json::to_vec(&attrs).unwrap()).unwrap();
+        run(&attrs_file).unwrap();
+        let d: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let layers = d["layers"].as_array().unwrap();
+        let paths: Vec<Vec<&str>> = layers.iter().map(|l| l["paths"].as_array().map_or(vec![], |ps| ps.iter().map(|p| p["path"].as_str().unwrap()).collect())).collect();
+        assert_eq!(paths, vec![vec![], vec![lib.as_str()], vec![app.as_str()], vec![root.as_str(), db.as_str()]], "{d}");
+        assert_eq!(layers[0], base_layer);
+        assert!(layers[2].get("digest").is_none() && layers[2]["History"] == json!({"created_by": "test"}));
+        assert_eq!(d["image-config"], json!({"Env": ["A=1"], "Entrypoint": ["/app"]}));
+        assert_eq!((d["arch"].as_str(), d["created"].is_null(), d["tag"].as_str()), (Some("arm64"), true, Some("v1")));
+    }
+
     #[test]
     fn history_in_oci_order_without_empty_fields() {
         let h = history(&map(json!({"comment": "c", "author": "", "created_by": "me", "empty_layer": false, "other": 1})));
