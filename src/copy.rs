@@ -40,7 +40,7 @@ pub fn run(description: &Path, args: &[OsString], skopeo: Option<PathBuf>, cache
     // One that was ignored when we started (a background job's SIGINT) stays ignored.
     let mut set = mount::signals();
     unsafe {
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for sig in mount::SIGNALS {
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN {
                 libc::sigdelset(&mut set, sig);

@@ -92,11 +92,13 @@ fn is_shared_mount(mnt: &Path) -> bool {
 }
 
 /// The signals that end a mount (and, in `copy`, are passed on to skopeo).
+pub const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
 pub fn signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for s in SIGNALS {
             libc::sigaddset(&mut set, s);
         }
         set

@@ -85,31 +85,27 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The build's arguments (`nixoci` in the attrs) as a `T`.
+fn args<T: serde::de::DeserializeOwned>(attrs: &Attrs, file: &Path) -> Result<T, String> {
+    serde_json::from_value(attrs.nixoci.clone()).map_err(|e| format!("{}: nixoci: {e}", file.display()))
+}
+
 pub fn run(attrs_file: &Path) -> Result<(), String> {
     let attrs: Attrs = read_json(attrs_file)?;
     let out = Path::new(attrs.outputs.get("out").ok_or_else(|| format!("{}: no output 'out'", attrs_file.display()))?);
-    let kind = attrs.nixoci["kind"].as_str().unwrap_or_default().to_string();
-    let args = |what: &str| format!("{}: nixoci.{what}", attrs_file.display());
-    match kind.as_str() {
+    match attrs.nixoci["kind"].as_str().unwrap_or_default() {
         "layers" => {
-            let a: LayerArgs = serde_json::from_value(attrs.nixoci.clone()).map_err(|e| format!("{}: {e}", args("layers")))?;
             std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-            let layers = build_layers(&attrs.graph, &a, out)?;
+            let layers = build_layers(&attrs.graph, &args(&attrs, attrs_file)?, out)?;
             write(&out.join("layers.json"), &pretty(&Value::Array(layers)))
         }
-        "image" => {
-            let a: ImageArgs = serde_json::from_value(attrs.nixoci.clone()).map_err(|e| format!("{}: {e}", args("image")))?;
-            write(out, &pretty(&build_image(&attrs.graph, &a, out)?))
-        }
-        "registration" => {
-            let a: LayerArgs = serde_json::from_value(attrs.nixoci.clone()).map_err(|e| format!("{}: {e}", args("registration")))?;
-            write(out, &registration(&attrs.graph, &attrs.nested_graph, &a)?)
-        }
+        "image" => write(out, &pretty(&build_image(&attrs.graph, &args(&attrs, attrs_file)?, out)?)),
+        "registration" => write(out, &registration(&attrs.graph, &attrs.nested_graph, &args(&attrs, attrs_file)?)?),
         "image-from-dir" => {
-            let dir = attrs.nixoci["dir"].as_str().ok_or_else(|| format!("{} missing", args("dir")))?;
+            let dir = attrs.nixoci["dir"].as_str().ok_or_else(|| format!("{}: nixoci.dir missing", attrs_file.display()))?;
             write(out, &pretty(&image_from_dir(Path::new(dir))?))
         }
-        k => Err(format!("{}: unknown kind '{k}'", args("kind"))),
+        k => Err(format!("{}: unknown nixoci.kind '{k}'", attrs_file.display())),
     }
 }
 
