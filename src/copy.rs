@@ -149,7 +149,17 @@ impl Scratch {
         std::os::unix::fs::symlink(desc, images.join("image.json")).map_err(|e| format!("{}: {e}", images.display()))?;
         let mnt = self.dir.join("mnt");
         let cache = || DigestCache::new(Some(cache_dir.to_path_buf()));
-        match fuse_usable().and_then(|()| mount::serve(&mnt, Catalog::new(images, cache()), 4, PRIVATE_FSNAME)) {
+        let mounted = match fuse_usable() {
+            Ok(()) => {
+                let catalog = Catalog::new(images, cache());
+                if catalog.by_name("image").is_none() {
+                    return Err(format!("{}: the image cannot be served (the reason is logged above)", desc.display()));
+                }
+                mount::serve(&mnt, catalog, 4, PRIVATE_FSNAME)
+            }
+            Err(why) => Err(why),
+        };
+        match mounted {
             Ok(session) => {
                 self.session = Some(session);
                 eprintln!("nixoci: reading the image from a private mount: {}", mnt.display());
