@@ -173,6 +173,8 @@ let
     , nixGid ? 0
     , created ? "0001-01-01T00:00:00Z"
     , arch ? goArch system
+    , os ? null       # the description's "os" (the mount's default: linux)
+    , variant ? null  # e.g. "v8" for arm64, "v7" for arm
     , fromImage ? null
     , meta ? { }
     , layering ? "popularity"
@@ -196,7 +198,7 @@ let
 
       image = plan "image-${mountName name}.json" graphs ({
         kind = "image";
-        inherit config arch created tag digests;
+        inherit config arch os variant created tag digests;
         fromImage = if fromImage == null || fromImage == "" then null else toString fromImage;
         nixDatabase = if initializeNixDatabase then { path = toString nixDatabase; uid = nixUid; gid = nixGid; } else null;
       } // args);
@@ -238,4 +240,5 @@ let
 in
 {
   inherit buildImage buildLayer imageFromDir mountName;
+  buildImageIndex = import ./image-index.nix { inherit writeJSON; };
 }

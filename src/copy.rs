@@ -7,7 +7,6 @@
 
 use crate::catalog::Catalog;
 use crate::commands::{self, Format};
-use crate::description::Description;
 use crate::digest::DigestCache;
 use crate::fs::LISTING;
 use crate::mount;
@@ -28,7 +27,6 @@ const GRACE: Duration = Duration::from_secs(10);
 /// Runs the copy; returns the exit code (skopeo's, or 128 + the signal that stopped it).
 pub fn run(description: &Path, args: &[OsString], skopeo: Option<PathBuf>, cache_dir: PathBuf) -> Result<i32, String> {
     let desc = description.canonicalize().map_err(|e| format!("{}: {e}", description.display()))?;
-    Description::load(&desc).map_err(|e| format!("{}: {e}", desc.display()))?;
     if args.is_empty() {
         return Err("no destination given (e.g. docker://registry.example/name:tag)".into());
     }

@@ -61,6 +61,9 @@ struct ImageArgs {
     /// its config is merged under ours.
     from_image: Option<String>,
     arch: String,
+    /// The platform beside `arch`, for image indexes (left out when not given).
+    os: Option<String>,
+    variant: Option<String>,
     created: Option<String>,
     tag: Option<String>,
     nix_database: Option<NixDatabase>,
@@ -223,6 +226,11 @@ fn build_image(graph: &[GraphEntry], a: &ImageArgs, out: &Path) -> Result<Value,
     desc.insert("image-config".into(), Value::Object(merge_config(base_config, a.config.clone())));
     desc.insert("layers".into(), Value::Array(layers));
     desc.insert("arch".into(), a.arch.clone().into());
+    for (k, v) in [("os", &a.os), ("variant", &a.variant)] {
+        if let Some(v) = v {
+            desc.insert(k.into(), v.clone().into());
+        }
+    }
     desc.insert("created".into(), a.created.clone().into());
     if let Some(t) = &a.tag {
         desc.insert("tag".into(), t.clone().into());
