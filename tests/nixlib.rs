@@ -206,7 +206,7 @@ fn flake_outputs_evaluate_with_a_stub_nixpkgs() {
     }
     assert!(image["copyToRegistry"]["text"].as_str().unwrap().contains("'docker://hello:"), "{v}");
     assert!(v["app"].as_str().unwrap().ends_with("/bin/nixoci"), "{v}");
-    assert_eq!(v["lib"], serde_json::json!(["buildImage", "buildLayer", "imageFromDir", "mountName"]));
+    assert_eq!(v["lib"], serde_json::json!(["buildImage", "buildImageIndex", "buildLayer", "imageFromDir", "mountName"]));
     assert_eq!(v["module"], true);
     assert!(v["checks"]["hello-image"].as_str().unwrap().ends_with(".drv"), "{v}");
 }
