@@ -49,6 +49,8 @@ pub type Served = Arc<(Entry, Tree)>;
 pub struct CatalogImage {
     pub name: String,
     pub serial: u64,
+    /// The description file, symlinks resolved (what `nixoci copy` matches a mount by).
+    pub source: PathBuf,
     fingerprint: Fingerprint,
     has_archive: bool,
     pending: Mutex<Option<Prepared>>,
@@ -258,6 +260,7 @@ impl Catalog {
                     let img = Arc::new(CatalogImage {
                         name: name.clone(),
                         serial,
+                        source: file.canonicalize().unwrap_or_else(|_| file.clone()),
                         fingerprint: fp,
                         has_archive,
                         pending: Mutex::new(Some(prepared)),

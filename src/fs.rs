@@ -21,6 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 const ROOT: u64 = 1;
+/// A hidden file at the root (looked up, never listed): `{"NAME": "/resolved/description.json"}`
+/// for every image served, so `nixoci copy` can tell whether this mount serves its image.
+pub const LISTING: &str = ".nixoci-images.json";
+/// Its inode: serial 0 is never an image's.
+const LISTING_INO: u64 = 2;
 const NODE_BITS: u32 = 32;
 /// Names at the top change when descriptions do.
 const SHORT_TTL: Duration = Duration::from_secs(1);
@@ -118,19 +123,19 @@ impl Handle {
     }
 }
 
-/// A directory listing: inode, type and name of each entry.
-type Listing = Vec<(u64, FileType, String)>;
+/// A directory's entries: inode, type and name of each.
+type DirEntries = Vec<(u64, FileType, String)>;
 
 pub struct NixociFs {
     catalog: Arc<Catalog>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    listings: Mutex<HashMap<u64, Arc<Listing>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirEntries>>>,
     next_fh: AtomicU64,
 }
 
 impl NixociFs {
     pub fn new(catalog: Arc<Catalog>) -> NixociFs {
-        NixociFs { catalog, handles: Mutex::default(), listings: Mutex::default(), next_fh: AtomicU64::new(1) }
+        NixociFs { catalog, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
     }
 
     fn image(&self, serial: u64) -> Result<Arc<CatalogImage>, Errno> {
@@ -169,7 +174,16 @@ impl NixociFs {
         Some((img, node))
     }
 
+    fn listing(&self) -> Vec<u8> {
+        let names: serde_json::Map<String, serde_json::Value> =
+            self.catalog.names().iter().map(|i| (i.name.clone(), i.source.to_string_lossy().into())).collect();
+        serde_json::to_vec(&names).unwrap()
+    }
+
     fn do_lookup(&self, parent: u64, name: &str) -> Result<(Duration, FileAttr), Errno> {
+        if parent == ROOT && name == LISTING {
+            return Ok((Duration::ZERO, attr(LISTING_INO, FileType::RegularFile, self.listing().len() as u64)));
+        }
         if parent == ROOT {
             let found = self.lookup_top(name).or_else(|| {
                 self.catalog.refresh(Duration::from_millis(200)); // a description just added appears at once
@@ -186,8 +200,8 @@ impl NixociFs {
     }
 
     /// A directory's entries, `.` and `..` first.
-    fn listing(&self, ino: u64) -> Result<Listing, Errno> {
-        let mut entries: Listing = vec![(ino, FileType::Directory, ".".into()), (ROOT, FileType::Directory, "..".into())];
+    fn dir_entries(&self, ino: u64) -> Result<DirEntries, Errno> {
+        let mut entries: DirEntries = vec![(ino, FileType::Directory, ".".into()), (ROOT, FileType::Directory, "..".into())];
         if ino == ROOT {
             self.catalog.refresh(Duration::from_millis(200));
             for img in self.catalog.names() {
@@ -243,6 +257,9 @@ impl Filesystem for NixociFs {
         if ino.0 == ROOT {
             return reply.attr(&SHORT_TTL, &attr(ROOT, FileType::Directory, 0));
         }
+        if ino.0 == LISTING_INO {
+            return reply.attr(&Duration::ZERO, &attr(LISTING_INO, FileType::RegularFile, self.listing().len() as u64));
+        }
         let (serial, node) = split(ino.0);
         match self.image(serial).and_then(|img| self.image_attr(&img, node)) {
             Ok(a) => reply.attr(&LONG_TTL, &a),
@@ -254,10 +271,10 @@ impl Filesystem for NixociFs {
     /// more than the page (a root of thousands of images is not listed again for each page)
     /// and a listing stays consistent while descriptions change.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.listing(ino.0) {
+        match self.dir_entries(ino.0) {
             Ok(l) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.listings.lock().unwrap().insert(fh, Arc::new(l));
+                self.dirs.lock().unwrap().insert(fh, Arc::new(l));
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(e),
@@ -265,14 +282,14 @@ impl Filesystem for NixociFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let listing = match self.listings.lock().unwrap().get(&fh.0).cloned() {
+        let entries = match self.dirs.lock().unwrap().get(&fh.0).cloned() {
             Some(l) => l,
-            None => match self.listing(ino.0) {
+            None => match self.dir_entries(ino.0) {
                 Ok(l) => Arc::new(l),
                 Err(e) => return reply.error(e),
             },
         };
-        for (i, (ino, kind, name)) in listing.iter().enumerate().skip(offset as usize) {
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
                 break;
             }
@@ -281,11 +298,17 @@ impl Filesystem for NixociFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.listings.lock().unwrap().remove(&fh.0);
+        self.dirs.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if ino.0 == LISTING_INO {
+            // Its size changes with the catalog: direct I/O, so reads are not cut at a cached size.
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            self.handles.lock().unwrap().insert(fh, Arc::new(Handle { blob: Arc::new(self.listing()), verify: None }));
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
         let (serial, node) = split(ino.0);
         let handle = self.image(serial).and_then(|img| self.served(&img)).and_then(|served| match served.1.nodes.get(node) {
             Some(Node::Blob(sb)) => {

@@ -3,6 +3,7 @@
 pub mod blob;
 pub mod catalog;
 pub mod commands;
+pub mod copy;
 pub mod description;
 pub mod digest;
 pub mod entry;
@@ -11,5 +12,7 @@ pub mod image;
 pub mod image_index;
 pub mod layer;
 pub mod mount;
+pub mod nixbuild;
+pub mod plan;
 pub mod platform;
 pub mod views;
