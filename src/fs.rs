@@ -281,14 +281,8 @@ impl Filesystem for NixociFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.dirs.lock().unwrap().get(&fh.0).cloned() {
-            Some(l) => l,
-            None => match self.dir_entries(ino.0) {
-                Ok(l) => Arc::new(l),
-                Err(e) => return reply.error(e),
-            },
-        };
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else { return reply.error(Errno::EBADF) };
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
                 break;
