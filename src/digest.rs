@@ -4,10 +4,12 @@
 use crate::blob::Blob;
 use crate::description::PathSpec;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
 
 const CHUNK: usize = 256 << 10;
 /// Chunks each reader may run ahead of the hasher: slack for stretches of many small files.
@@ -71,11 +73,14 @@ pub fn sha256_blob(blob: &dyn Blob) -> io::Result<String> {
 
 /// Cached digests of path layers. A key covers the encoder version, each path with its options
 /// and the identity of the store path on disk (device, inode, ctime): a path deleted and made
-/// again gets a new key, so a stale digest is never served. Compressed layers also keep their
-/// piece table here (`KEY.pieces`), 4 bytes a piece.
+/// again gets a new key, so a stale digest is never served. Entries are also kept in memory, so
+/// many images sharing a layer hash it once even when the directory cannot be written; clones
+/// share them. Compressed layers also keep their piece table on disk (`KEY.pieces`), 4 bytes a
+/// piece.
 #[derive(Clone)]
 pub struct DigestCache {
     dir: Option<PathBuf>,
+    known: Arc<Mutex<HashMap<String, (String, u64)>>>,
 }
 
 const ENCODER_VERSION: &str = "nixoci-layer-1";
@@ -85,10 +90,10 @@ impl DigestCache {
         if let Some(d) = &dir {
             if let Err(e) = std::fs::create_dir_all(d) {
                 log::warn!("digest cache {} unusable ({e}): digests will not be kept", d.display());
-                return DigestCache { dir: None };
+                return DigestCache { dir: None, known: Arc::default() };
             }
         }
-        DigestCache { dir }
+        DigestCache { dir, known: Arc::default() }
     }
 
     pub fn default_dir() -> PathBuf {
@@ -111,12 +116,16 @@ impl DigestCache {
     }
 
     pub fn get(&self, key: &str, size: u64) -> Option<String> {
+        if let Some((digest, sz)) = self.known.lock().unwrap().get(key) {
+            return (*sz == size).then(|| digest.clone());
+        }
         let text = std::fs::read_to_string(self.dir.as_ref()?.join(key)).ok()?;
         let (digest, sz) = text.trim().split_once(' ')?;
         (sz.parse::<u64>().ok()? == size && digest.len() == 71).then(|| digest.to_string())
     }
 
     pub fn put(&self, key: &str, digest: &str, size: u64) {
+        self.known.lock().unwrap().insert(key.to_string(), (digest.to_string(), size));
         self.write(key, format!("{digest} {size}\n").as_bytes());
     }
 
@@ -171,12 +180,18 @@ mod tests {
         let cache = DigestCache::new(Some(t.path().to_path_buf()));
         let d = sha256_bytes(b"x");
         cache.put("k", &d, 7);
-        assert_eq!(cache.get("k", 7), Some(d));
+        assert_eq!(cache.get("k", 7), Some(d.clone()));
         assert_eq!(cache.get("k", 8), None, "a size that changed means other bytes");
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temporary file left behind");
         cache.put_table("k", &[7, 300_000]);
         assert_eq!(cache.get_table("k", 2), Some(vec![7, 300_000]));
         assert_eq!(cache.get_table("k", 3), None, "a table for another piece count is not used");
+        let again = DigestCache::new(Some(t.path().to_path_buf()));
+        assert_eq!(again.get("k", 7), Some(d.clone()), "read back from disk by a new process");
+        assert_eq!(again.get("k", 8), None);
+        let memory_only = DigestCache::new(None);
+        memory_only.put("k", &d, 7);
+        assert_eq!(memory_only.get("k", 7), Some(d), "kept in memory without a directory");
     }
 
     #[test]

@@ -179,7 +179,9 @@ impl PreparedLayer {
         if let Some(d) = key.as_ref().and_then(|k| cache.get(k, self.blob.size())) {
             return Ok(d);
         }
+        let started = std::time::Instant::now();
         let d = sha256_blob(self.blob.as_ref()).map_err(|e| format!("{}: {e}", self.label))?;
+        log::info!("{}: hashed in {:.2?}: {d}", self.label, started.elapsed());
         if let Some(k) = key {
             cache.put(&k, &d, self.blob.size());
         }
