@@ -23,6 +23,7 @@ in
   fromImageBase = (call ./from-image.nix).base;
   sizeLayered = call ./size-layered.nix;
   nonReproducible = call ./non-reproducible.nix;
+  compressed = call ./compressed.nix;
   multiarch = call ./multiarch.nix;
   # baseDir: a skopeo dir: layout in the store (the test exports fromImageBase to one)
   fromDir = import ./from-dir.nix { inherit n f baseDir; };

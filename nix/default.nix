@@ -87,12 +87,15 @@ let
 
   # The layer arguments buildLayer and buildImage share, as `nixoci plan` reads them (new
   # per-layer options go here and into nixbuild.rs' LayerArgs).
-  layerArgs = { copyToRoot, ignore, layers, reproducible, perms, maxLayers, metadata, layering }: {
+  layerArgs = { copyToRoot, ignore, layers, reproducible, perms, maxLayers, metadata, layering, compression }: {
     copyToRoot = map toString copyToRoot;
     ignore = map (p: unsafeDiscardStringContext (toString p)) ignore;
     layers = map toString (allNested layers);
     perms = map (p: p // { path = toString p.path; }) perms;
     inherit reproducible maxLayers metadata layering;
+    compression =
+      if builtins.elem compression [ "none" "gzip" "zstd" ] then compression
+      else throw "nixoci: compression must be \"none\", \"gzip\" or \"zstd\", not ${toJSON compression}";
   };
 
   buildLayer =
@@ -107,14 +110,16 @@ let
     # "popularity" (nix2container's) or "size" (see README.md)
     , layering ? "popularity"
     , name ? "layers"
+    # "none", "gzip" or "zstd": the layers' mediatype, so the mount serves them compressed
+    , compression ? "none"
     }:
     let copyToRootList = toList copyToRoot; in
     # $out/layers.json: nix2container's layers, digests included (hashed here, once per change
-    # of this layer's inputs).
+    # of this layer's inputs; a compressed layer's digest is the compressed blob's).
     plan name { graph = deps ++ copyToRootList; } ({ kind = "layers"; } // layerArgs {
       copyToRoot = copyToRootList;
       ignore = toList ignore;
-      inherit layers reproducible perms maxLayers metadata layering;
+      inherit layers reproducible perms maxLayers metadata layering compression;
     }) // {
       # nix2container's passthru: every layer below this one
       nestedLayers = allNested layers;
@@ -179,9 +184,13 @@ let
     , meta ? { }
     , layering ? "popularity"
     , metadata ? { created_by = "nixoci"; }
+    # "none", "gzip" or "zstd", for the layers this image splits by itself (a buildLayer has its own)
+    , compression ? "none"
     # Hash the layers this image splits by itself at build time, as nix2container does. By
     # default they are hashed on first use and cached (see README.md): a rebuild hashes nothing.
-    , digests ? false
+    # Compressed ones are hashed at build time by default: then a machine that substitutes the
+    # image pushes them without compressing any that the registry has.
+    , digests ? compression != "none"
     }:
     let
       # Its references are the store paths the config mentions: the closure to lay out.
@@ -192,7 +201,7 @@ let
         copyToRoot = copyToRootList;
         ignore = [ configFile ];
         reproducible = true;
-        inherit layers perms maxLayers metadata layering;
+        inherit layers perms maxLayers metadata layering compression;
       };
       nixDatabase = makeNixDatabase (graphs // { nestedGraph = args.layers; }) args;
 

@@ -9,6 +9,7 @@
 //! So all the work happens at build time and evaluation never reads a build result.
 
 use crate::commands::{fill_digests, pretty, write_layer_tar};
+use crate::compress::Codec;
 use crate::description::{Description, LAYER_TAR};
 use crate::digest::DigestCache;
 use crate::plan::{self, GraphEntry, PathItem, PathOptions, Perm, PlanOptions, Rewrite};
@@ -44,6 +45,24 @@ struct LayerArgs {
     /// false: keep the layer tars in the output (their bytes are not reproducible).
     #[serde(default = "yes")]
     reproducible: bool,
+    /// "none", "gzip" or "zstd": the mediatype of the layers made here.
+    #[serde(default = "none")]
+    compression: String,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+impl LayerArgs {
+    fn media_type(&self) -> Result<&'static str, String> {
+        match self.compression.as_str() {
+            "none" => Ok(LAYER_TAR),
+            "gzip" => Ok(Codec::Gzip.media_type()),
+            "zstd" => Ok(Codec::Zstd.media_type()),
+            c => Err(format!("compression '{c}': use none, gzip or zstd")),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -163,8 +182,8 @@ fn own_layers(graph: &[GraphEntry], a: &LayerArgs, nested: &[Value], extra: Opti
             None => groups.push(vec![item]),
         }
     }
-    let history = history(&a.metadata);
-    Ok(groups.iter().map(|g| json!({"paths": g, "mediatype": LAYER_TAR, "History": history})).collect())
+    let (history, media_type) = (history(&a.metadata), a.media_type()?);
+    Ok(groups.iter().map(|g| json!({"paths": g, "mediatype": media_type, "History": history})).collect())
 }
 
 /// Digests of `layers` from their bytes, as nixoci serves them (no cache: a build is pure).
@@ -177,6 +196,9 @@ fn with_digests(layers: Vec<Value>) -> Result<Vec<Value>, String> {
 
 fn build_layers(graph: &[GraphEntry], a: &LayerArgs, out: &Path) -> Result<Vec<Value>, String> {
     let mut layers = own_layers(graph, a, &nested_layers(&a.layers)?, None)?;
+    if !a.reproducible && a.compression != "none" {
+        return Err(format!("compression = \"{}\" needs reproducible = true: a non-reproducible layer is kept as its tar", a.compression));
+    }
     if !a.reproducible {
         // Keep the very bytes whose digest is recorded: the layer is served from this file.
         for (i, l) in layers.iter_mut().enumerate() {

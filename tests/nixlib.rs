@@ -286,6 +286,53 @@ fn non_reproducible_layer_is_kept_in_the_store() {
     assert_eq!(r.layer_count(), 1, "hello's whole closure is in that layer");
 }
 
+/// compression = "zstd" on a buildLayer and "gzip" on the image's own layer: the JSON carries
+/// the compressed digests and sizes and the tars' diff_ids, made at build time (the mount
+/// compresses nothing to serve the image, and serves exactly those digests), and podman runs it.
+#[test]
+fn compressed_layers_carry_their_digests_from_the_build() {
+    let r = start("compressed", "compressed");
+    assert!(r.run(&[]).contains("Hello, world!"));
+    let layers = r.image["layers"].as_array().unwrap();
+    let types: Vec<&str> = layers.iter().map(|l| l["mediatype"].as_str().unwrap()).collect();
+    assert_eq!(types, [LAYER_ZSTD, LAYER_GZIP]);
+    for l in layers {
+        let (digest, diff_id) = (l["digest"].as_str().unwrap(), l["diff_ids"].as_str().unwrap());
+        assert!(digest.starts_with("sha256:") && diff_id.starts_with("sha256:") && digest != diff_id, "{l}");
+        assert!(l["size"].as_u64().unwrap() > 0, "{l}");
+    }
+    let served = read_json(&r._mount.mnt.join("compressed/index.json"))["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let manifest = read_json(&oci_blob(&r._mount.mnt.join("compressed"), &served));
+    for (m, l) in manifest["layers"].as_array().unwrap().iter().zip(layers) {
+        assert_eq!((&m["digest"], &m["size"], &m["mediaType"]), (&l["digest"], &l["size"], &l["mediatype"]));
+    }
+    let log = r._mount.log_text();
+    assert!(!log.contains("hashed in") && !log.contains("% of the tar"), "the mount hashed or compressed a layer at load:\n{log}");
+    assert_eq!(r.layer_count(), 2);
+    let desc = build("compressed");
+    let check = stdout(&run(Command::new(nixoci()).arg("check").arg(&desc)));
+    assert_eq!(check.matches(": ok sha256:").count(), 2, "nixoci check: {check}");
+}
+
+#[test]
+fn compression_needs_a_reproducible_layer() {
+    let expr = format!("{}.fixtures.hello", examples());
+    let out = run_unchecked(nix_args(tool("nix-build").args(["--no-out-link", "-E"])).arg(format!(
+        "let n = import {}/nix {{ nixoci = \"{}\"; }}; in n.buildLayer {{ deps = [ ({expr}) ]; reproducible = false; compression = \"gzip\"; }}",
+        repo_dir().display(),
+        nixoci().display()
+    )));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("compression = \"gzip\" needs reproducible = true"), "{err}");
+    let out = run_unchecked(nix_args(tool("nix-instantiate").args(["--eval", "--strict", "-E"])).arg(format!(
+        "(import {}/nix {{ nixoci = \"{}\"; }}).buildLayer {{ compression = \"xz\"; }}",
+        repo_dir().display(),
+        nixoci().display()
+    )));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("compression must be \"none\", \"gzip\" or \"zstd\", not \"xz\""), "{err}");
+}
+
 #[test]
 fn ownership_on_one_file() {
     let r = start("ownership", "ownership");
