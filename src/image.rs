@@ -200,16 +200,19 @@ impl PreparedLayer {
         let pieces = Pieces::new(self.blob.clone(), codec, table, key.clone().map(|k| (cache.clone(), k)), self.label.clone());
         // What this nixoci made of the layer before, when the cache remembers.
         let made = pieces.total().map(|size| (key.as_ref().and_then(|k| cache.get(k, size)), size));
+        let other_size = |given: Option<u64>, made: u64| {
+            given.filter(|&g| g != made).map(|g| format!("the description says {g} bytes, this nixoci makes {made}"))
+        };
         let (digest, size, mismatch) = match (&self.desc.digest, self.desc.size, made) {
             (Some(d), Some(s), made) => {
                 let mismatch = match made {
-                    Some((_, ms)) if ms != s => Some(format!("the description says {s} bytes, this nixoci makes {ms}")),
+                    Some((_, ms)) if ms != s => other_size(Some(s), ms),
                     Some((Some(md), _)) if md != *d => Some(format!("the description says {d}, this nixoci makes {md}")),
                     _ => None,
                 };
                 (d.clone(), s, mismatch)
             }
-            (_, given, Some((Some(d), s))) => (d, s, given.filter(|&g| g != s).map(|g| format!("the description says {g} bytes, this nixoci makes {s}"))),
+            (_, given, Some((Some(d), s))) => (d, s, other_size(given, s)),
             (_, given, _) => {
                 let started = std::time::Instant::now();
                 let (d, s) = pieces.scan().map_err(|e| format!("{}: {e}", self.label))?;
@@ -223,7 +226,7 @@ impl PreparedLayer {
                 if let Some(k) = &key {
                     cache.put(k, &d, s);
                 }
-                (d, s, given.filter(|&g| g != s).map(|g| format!("the description says {g} bytes, this nixoci makes {s}")))
+                (d, s, other_size(given, s))
             }
         };
         let mismatch = mismatch.map(|m| format!("{m} of {}: its digest was made by another compressor", codec.name()));

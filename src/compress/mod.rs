@@ -94,10 +94,6 @@ impl Pieces {
         Arc::new(Pieces { id, tar, codec, count, ahead, keep, label, state: Mutex::new(state) })
     }
 
-    pub fn codec(&self) -> Codec {
-        self.codec
-    }
-
     /// The compressed size, once every piece's size is known.
     pub fn total(&self) -> Option<u64> {
         let st = self.state.lock().unwrap();
@@ -320,7 +316,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 5 == 0 {
+            if x.is_multiple_of(5) {
                 out.extend_from_slice(&x.to_le_bytes());
             } else {
                 out.extend_from_slice(words[(x >> 32) as usize % words.len()]);
