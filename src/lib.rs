@@ -6,6 +6,7 @@ pub mod commands;
 pub mod description;
 pub mod digest;
 pub mod fs;
+pub mod goregex;
 pub mod image;
 pub mod layer;
 pub mod mount;

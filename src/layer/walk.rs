@@ -44,22 +44,23 @@ impl Walker<'_> {
     /// Record `src` and, for a directory, its children in name order (like Go's filepath.Walk).
     fn visit(&mut self, si: usize, src: &mut Vec<u8>, md: std::fs::Metadata) -> Result<(), String> {
         self.record(si, src, &md)?;
-        if !md.is_dir() {
-            return Ok(());
-        }
+        if md.is_dir() { self.visit_children(si, src) } else { Ok(()) }
+    }
+
+    fn visit_children(&mut self, si: usize, dir: &mut Vec<u8>) -> Result<(), String> {
         let shown = |e: std::io::Error, src: &[u8]| format!("cannot list '{}': {e}", String::from_utf8_lossy(src));
-        let mut children = std::fs::read_dir(OsStr::from_bytes(src))
-            .map_err(|e| shown(e, src))?
+        let mut children = std::fs::read_dir(OsStr::from_bytes(dir))
+            .map_err(|e| shown(e, dir))?
             .map(|d| d.and_then(|d| Ok((d.file_name().into_vec(), d.metadata()?))))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| shown(e, src))?;
+            .map_err(|e| shown(e, dir))?;
         children.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, md) in children {
-            let len = src.len();
-            src.push(b'/');
-            src.extend_from_slice(&name);
-            self.visit(si, src, md)?;
-            src.truncate(len);
+            let len = dir.len();
+            dir.push(b'/');
+            dir.extend_from_slice(&name);
+            self.visit(si, dir, md)?;
+            dir.truncate(len);
         }
         Ok(())
     }
@@ -68,8 +69,8 @@ impl Walker<'_> {
         let spec = &self.specs[si];
         let shown = || String::from_utf8_lossy(src).into_owned();
         let renamed = match &spec.rewrite {
-            Some((re, repl)) => re.replace_all(src, repl.as_slice()).into_owned(),
-            None => src.to_vec(),
+            Some(rw) => rw.apply(src),
+            None => src.into(),
         };
         if renamed.is_empty() {
             return Ok(()); // the rewritten root itself: nix2container skips it
@@ -141,9 +142,15 @@ pub fn walk(specs: &[PathSpec]) -> Result<(Vec<Entry>, Arena), String> {
     let root = arena.push(b"root");
     let mut w = Walker { specs, arena, root, out: Vec::new() };
     for si in 0..specs.len() {
+        // As filepath.Walk: the listed path is read and matched as it is spelled (a trailing '/'
+        // follows a symlink: image.rs checks it stays in the store), its files as joined to
+        // the cleaned path.
         let path = &specs[si].path;
         let md = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
-        w.visit(si, &mut path.as_bytes().to_vec(), md)?;
+        w.record(si, path.as_bytes(), &md)?;
+        if md.is_dir() {
+            w.visit_children(si, &mut tar::clean(path.as_bytes()))?;
+        }
     }
     let mut walked = std::mem::take(&mut w.out);
     // Stable: entries with the same name stay in walk order, so the later path wins.
