@@ -329,6 +329,16 @@ mod tests {
     }
 
     #[test]
+    fn accepts_the_path_spellings_nix2container_walks() {
+        for p in ["/nix/store/a-x/", "/nix/store/a-x/./bin", "/nix/store/./a-x", "/nix//store/a-x//bin/."] {
+            assert_eq!(check_store_path(p), Ok(()), "{p}");
+        }
+        for p in ["/nix/store/", "/nix/store/.", "/nix/store/a-x/../b", "nix/store/a-x", "/nix/storex/a"] {
+            assert!(check_store_path(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
     fn refuses_bad_input_with_a_reason() {
         assert!(err("{").contains("malformed JSON"));
         assert!(err(r#"{"version":2}"#).contains("version 2"));

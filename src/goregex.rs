@@ -90,7 +90,13 @@ enum Node {
     Concat(Vec<Node>),
     Alt(Vec<Node>),
     /// `counted`: written `{n,m}` (Go checks the repeat count of those only).
-    Repeat { sub: Box<Node>, min: u32, max: Option<u32>, counted: bool, greedy: bool },
+    Repeat {
+        sub: Box<Node>,
+        min: u32,
+        max: Option<u32>,
+        counted: bool,
+        greedy: bool,
+    },
 }
 
 /// The characters `lo..=hi`; Go's runes include surrogates, which no input ever decodes to.
@@ -114,31 +120,30 @@ fn set_of(ranges: &[(u32, u32)]) -> ClassUnicode {
     s
 }
 
-/// Go's perl classes and POSIX classes (regexp/syntax perl_groups.go): ASCII only.
+/// Go's perl classes and POSIX classes (regexp/syntax perl_groups.go): ASCII only; and whether
+/// the name negates it.
 fn named_class(name: &str) -> Option<(&'static [(u32, u32)], bool)> {
     const DIGIT: &[(u32, u32)] = &[(0x30, 0x39)];
-    const SPACE_PERL: &[(u32, u32)] = &[(0x9, 0xA), (0xC, 0xD), (0x20, 0x20)];
     const WORD: &[(u32, u32)] = &[(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)];
-    let (class, negated): (&[(u32, u32)], bool) = match name.replace("[:^", "[:").as_str() {
-        "\\d" | "\\D" | "[:digit:]" => (DIGIT, false),
-        "\\s" | "\\S" => (SPACE_PERL, false),
-        "\\w" | "\\W" | "[:word:]" => (WORD, false),
-        "[:alnum:]" => (&[(0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)], false),
-        "[:alpha:]" => (&[(0x41, 0x5A), (0x61, 0x7A)], false),
-        "[:ascii:]" => (&[(0x0, 0x7F)], false),
-        "[:blank:]" => (&[(0x9, 0x9), (0x20, 0x20)], false),
-        "[:cntrl:]" => (&[(0x0, 0x1F), (0x7F, 0x7F)], false),
-        "[:graph:]" => (&[(0x21, 0x7E)], false),
-        "[:lower:]" => (&[(0x61, 0x7A)], false),
-        "[:print:]" => (&[(0x20, 0x7E)], false),
-        "[:punct:]" => (&[(0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)], false),
-        "[:space:]" => (&[(0x9, 0xD), (0x20, 0x20)], false),
-        "[:upper:]" => (&[(0x41, 0x5A)], false),
-        "[:xdigit:]" => (&[(0x30, 0x39), (0x41, 0x46), (0x61, 0x66)], false),
+    let class: &[(u32, u32)] = match name.replace("[:^", "[:").as_str() {
+        "\\d" | "\\D" | "[:digit:]" => DIGIT,
+        "\\s" | "\\S" => &[(0x9, 0xA), (0xC, 0xD), (0x20, 0x20)],
+        "\\w" | "\\W" | "[:word:]" => WORD,
+        "[:alnum:]" => &[(0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)],
+        "[:alpha:]" => &[(0x41, 0x5A), (0x61, 0x7A)],
+        "[:ascii:]" => &[(0x0, 0x7F)],
+        "[:blank:]" => &[(0x9, 0x9), (0x20, 0x20)],
+        "[:cntrl:]" => &[(0x0, 0x1F), (0x7F, 0x7F)],
+        "[:graph:]" => &[(0x21, 0x7E)],
+        "[:lower:]" => &[(0x61, 0x7A)],
+        "[:print:]" => &[(0x20, 0x7E)],
+        "[:punct:]" => &[(0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)],
+        "[:space:]" => &[(0x9, 0xD), (0x20, 0x20)],
+        "[:upper:]" => &[(0x41, 0x5A)],
+        "[:xdigit:]" => &[(0x30, 0x39), (0x41, 0x46), (0x61, 0x66)],
         _ => return None,
     };
-    let upper_perl = name.len() == 2 && name.as_bytes()[1].is_ascii_uppercase();
-    Some((class, negated || upper_perl || name.starts_with("[:^")))
+    Some((class, name.starts_with("[:^") || matches!(name, "\\D" | "\\S" | "\\W")))
 }
 
 /// `set` closed under simple case folding, as Go's `appendFoldedRange` makes it; refused where
@@ -342,10 +347,10 @@ impl<'a> Parser<'a> {
         let rest = self.rest();
         let Some(end) = rest.find('}') else { return Ok(None) };
         let body = &rest[1..end];
-        // Go's parseInt: digits without a leading zero; over 8 digits means "too big".
+        // Go's parseInt: digits without a leading zero.
         let int = |s: &str| -> Option<u64> {
             let ok = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && !(s.len() > 1 && s.starts_with('0'));
-            ok.then(|| if s.len() > 9 { u64::MAX } else { s.parse().unwrap() })
+            ok.then(|| s.parse().unwrap_or(u64::MAX))
         };
         let (min, max) = match body.split_once(',') {
             None => match int(body) {

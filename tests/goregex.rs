@@ -70,7 +70,8 @@ fn unhex(s: &str) -> Vec<u8> {
 
 fn go(cases: &[Case]) -> Vec<Answer> {
     let mut child = Command::new(oracle()).arg("cases").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let input: String = cases.iter().map(|c| format!("{}\t{}\t{}\n", common::hex(c.re.as_bytes()), common::hex(&c.input), common::hex(c.repl.as_bytes()))).collect();
+    let input: String =
+        cases.iter().map(|c| format!("{}\t{}\t{}\n", common::hex(c.re.as_bytes()), common::hex(&c.input), common::hex(c.repl.as_bytes()))).collect();
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().unwrap();
@@ -328,7 +329,9 @@ fn table_of_cases_agrees_with_go() {
 /// Random regexes from a small grammar that reaches every construct above.
 struct Gen(fastrand::Rng);
 
-const CHARS: &[&str] = &["a", "b", "k", "K", "s", "S", "z", "é", "É", "σ", "ς", "Σ", "ſ", "\u{212A}", "٣", "\u{a0}", "/", "-", "_", " ", "\n", "1", "ǅ", "ß", "\u{FFFD}"];
+const CHARS: &[&str] = &[
+    "a", "b", "k", "K", "s", "S", "z", "é", "É", "σ", "ς", "Σ", "ſ", "\u{212A}", "٣", "\u{a0}", "/", "-", "_", " ", "\n", "1", "ǅ", "ß", "\u{FFFD}",
+];
 
 impl Gen {
     fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
@@ -369,7 +372,10 @@ impl Gen {
             20 => format!(r"\Q{}{}\E", self.pick(CHARS), self.pick(&[".", "*", "a", "["])),
             21 => self.pick(&[r"\x{212A}", r"\xe9", r"\101", r"\x{FFFD}", r"\.", r"\-", r"\[", r"\}"]).into(),
             22 if self.0.u8(..4) == 0 => self
-                .pick(&["(", ")", "[", r"\8", "(?x)", "**", "{1001}", r"\C", "{2}{3}", "[z-a]", r"\pL", "{", "}", "a{,3}", "(?P<n>", "(?<n>x)", "(?i)ΐ", r"\"])
+                .pick(&[
+                    "(", ")", "[", r"\8", "(?x)", "**", "{1001}", r"\C", "{2}{3}", "[z-a]", r"\pL", "{", "}", "a{,3}", "(?P<n>", "(?<n>x)", "(?i)ΐ",
+                    r"\",
+                ])
                 .into(),
             _ => self.pick(CHARS).to_string(),
         }
@@ -429,7 +435,8 @@ fn random_regexes_on_random_names_agree_with_go() {
         *why.entry(e.rsplit(": ").next().unwrap()).or_insert(0) += 1;
     }
     let agreed = cases.len() - refused.len();
-    let summary = format!("{agreed} cases agree with Go ({invalid} of them refused by both), {} refused as not reproducible exactly: {why:?}", refused.len());
+    let summary =
+        format!("{agreed} cases agree with Go ({invalid} of them refused by both), {} refused as not reproducible exactly: {why:?}", refused.len());
     common::loud(&format!("random regexes: {summary}"));
     assert!(refused.len() * 50 < cases.len(), "too many refused: {summary}");
 }

@@ -47,20 +47,20 @@ impl Walker<'_> {
         if md.is_dir() { self.visit_children(si, src) } else { Ok(()) }
     }
 
-    fn visit_children(&mut self, si: usize, dir: &mut Vec<u8>) -> Result<(), String> {
+    fn visit_children(&mut self, si: usize, src: &mut Vec<u8>) -> Result<(), String> {
         let shown = |e: std::io::Error, src: &[u8]| format!("cannot list '{}': {e}", String::from_utf8_lossy(src));
-        let mut children = std::fs::read_dir(OsStr::from_bytes(dir))
-            .map_err(|e| shown(e, dir))?
+        let mut children = std::fs::read_dir(OsStr::from_bytes(src))
+            .map_err(|e| shown(e, src))?
             .map(|d| d.and_then(|d| Ok((d.file_name().into_vec(), d.metadata()?))))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| shown(e, dir))?;
+            .map_err(|e| shown(e, src))?;
         children.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, md) in children {
-            let len = dir.len();
-            dir.push(b'/');
-            dir.extend_from_slice(&name);
-            self.visit(si, dir, md)?;
-            dir.truncate(len);
+            let len = src.len();
+            src.push(b'/');
+            src.extend_from_slice(&name);
+            self.visit(si, src, md)?;
+            src.truncate(len);
         }
         Ok(())
     }
