@@ -6,7 +6,7 @@
 use crate::catalog::{Catalog, CatalogImage, Served};
 use crate::digest::hex;
 use crate::image::ServedBlob;
-use crate::views::{top_names, Node, ARCHIVE, DIR_ROOT, OCI_ROOT};
+use crate::views::{Node, ARCHIVE, DIR_ROOT, OCI_ROOT};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
     ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
@@ -19,6 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 const ROOT: u64 = 1;
+/// A hidden file at the root (looked up, never listed): `{"NAME": "/resolved/description.json"}`
+/// for every image served, so `nixoci copy` can tell whether this mount serves its image.
+pub const LISTING: &str = ".nixoci-images.json";
+/// Its inode: serial 0 is never an image's.
+const LISTING_INO: u64 = 2;
 const NODE_BITS: u32 = 20;
 /// Names at the top change when descriptions do.
 const SHORT_TTL: Duration = Duration::from_secs(1);
@@ -159,11 +164,20 @@ impl NixociFs {
     fn lookup_top(&self, name: &str) -> Option<(Arc<CatalogImage>, usize)> {
         let base = name.strip_suffix(".dir").or_else(|| name.strip_suffix(".tar")).unwrap_or(name);
         let img = self.catalog.by_name(base)?;
-        let node = top_names(&img.name).into_iter().find(|(n, _)| n == name)?.1;
+        let node = img.top_names().into_iter().find(|(n, _)| n == name)?.1;
         Some((img, node))
     }
 
+    fn listing(&self) -> Vec<u8> {
+        let names: serde_json::Map<String, serde_json::Value> =
+            self.catalog.names().iter().map(|i| (i.name.clone(), i.source.to_string_lossy().into())).collect();
+        serde_json::to_vec(&names).unwrap()
+    }
+
     fn do_lookup(&self, parent: u64, name: &str) -> Result<(Duration, FileAttr), Errno> {
+        if parent == ROOT && name == LISTING {
+            return Ok((Duration::ZERO, attr(LISTING_INO, FileType::RegularFile, self.listing().len() as u64)));
+        }
         if parent == ROOT {
             let found = self.lookup_top(name).or_else(|| {
                 self.catalog.refresh(Duration::from_millis(200)); // a description just added appears at once
@@ -213,6 +227,9 @@ impl Filesystem for NixociFs {
         if ino.0 == ROOT {
             return reply.attr(&SHORT_TTL, &attr(ROOT, FileType::Directory, 0));
         }
+        if ino.0 == LISTING_INO {
+            return reply.attr(&Duration::ZERO, &attr(LISTING_INO, FileType::RegularFile, self.listing().len() as u64));
+        }
         let (serial, node) = split(ino.0);
         match self.image(serial).and_then(|img| self.image_attr(&img, node)) {
             Ok(a) => reply.attr(&LONG_TTL, &a),
@@ -228,7 +245,7 @@ impl Filesystem for NixociFs {
                 self.catalog.refresh(Duration::from_millis(200));
             }
             for img in self.catalog.names() {
-                for (name, node) in top_names(&img.name) {
+                for (name, node) in img.top_names() {
                     let kind = if node == ARCHIVE { FileType::RegularFile } else { FileType::Directory };
                     entries.push((inode(img.serial, node), kind, name));
                 }
@@ -259,6 +276,12 @@ impl Filesystem for NixociFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if ino.0 == LISTING_INO {
+            // Its size changes with the catalog: direct I/O, so reads are not cut at a cached size.
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            self.handles.lock().unwrap().insert(fh, Arc::new(Handle { blob: Arc::new(self.listing()), verify: None }));
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
         let (serial, node) = split(ino.0);
         let handle = self.image(serial).and_then(|img| self.served(&img)).and_then(|served| match served.1.nodes.get(node) {
             Some(Node::Blob(sb)) => {

@@ -3,11 +3,17 @@
 pub mod blob;
 pub mod catalog;
 pub mod commands;
+pub mod copy;
 pub mod description;
 pub mod digest;
+pub mod entry;
 pub mod fs;
 pub mod goregex;
 pub mod image;
+pub mod image_index;
 pub mod layer;
 pub mod mount;
+pub mod nixbuild;
+pub mod plan;
+pub mod platform;
 pub mod views;

@@ -4,11 +4,16 @@ use crate::catalog::Catalog;
 use crate::digest::DigestCache;
 use crate::fs::NixociFs;
 use crate::views::top_names;
-use fuser::{Config, INodeNo, MountOption, SessionACL};
+use fuser::{BackgroundSession, Config, INodeNo, MountOption, SessionACL};
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The daemon's mount source in /proc/self/mountinfo: how `copy` finds running mounts.
+pub const FSNAME: &str = "nixoci";
 
 /// A mount left by a daemon that died answers ENOTCONN: detach it so we can mount again.
 /// Listing the directory asks the daemon (a `stat` may still be answered from the kernel's cache).
@@ -18,7 +23,15 @@ fn clear_stale_mount(mnt: &Path) -> Result<(), String> {
             log::warn!("{}: clearing a stale mount (its daemon is gone)", mnt.display());
             let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                return Err(format!("{}: cannot clear stale mount: {}", mnt.display(), std::io::Error::last_os_error()));
+                let e = std::io::Error::last_os_error();
+                // Not root: the setuid helper unmounts a FUSE mount for the user who made it.
+                let helper = || Command::new("fusermount3").arg("-uz").arg(mnt).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+                if e.raw_os_error() != Some(libc::EPERM) || !helper() {
+                    return Err(format!(
+                        "{}: cannot clear stale mount: {e} (as the user who mounted it: `fusermount3 -uz {0}`; as root: `umount -l {0}`)",
+                        mnt.display()
+                    ));
+                }
             }
             Ok(())
         }
@@ -66,15 +79,58 @@ fn watch(catalog: &Catalog) {
     }
 }
 
-fn signals() -> libc::sigset_t {
+/// Whether the mount at `mnt` reaches mount namespaces copied from this one before it was made
+/// (rootless podman keeps one alive): "shared:N" among the optional fields of /proc/self/mountinfo,
+/// which a new mount gets when its parent mount is shared.
+fn is_shared_mount(mnt: &Path) -> bool {
+    let Ok(mnt) = std::fs::canonicalize(mnt) else { return false };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // The last line for the path is the mount on top; spaces and the like are octal-escaped.
+    let want = mnt.to_string_lossy().replace('\\', "\\134").replace(' ', "\\040").replace('\t', "\\011").replace('\n', "\\012");
+    let line = info.lines().filter(|l| l.split(' ').nth(4) == Some(want.as_str())).last();
+    line.is_some_and(|l| l.split(" - ").next().unwrap_or("").split(' ').skip(6).any(|f| f.starts_with("shared:")))
+}
+
+/// The signals that end a mount (and, in `copy`, are passed on to skopeo).
+pub const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+pub fn signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for s in SIGNALS {
             libc::sigaddset(&mut set, s);
         }
         set
     }
+}
+
+/// Mounts `catalog` at `mnt`, served by background threads until `unmount`. `fsname` shows as the
+/// mount's source in /proc/self/mountinfo (`nixoci` for the daemon).
+pub fn serve(mnt: &Path, catalog: Arc<Catalog>, threads: usize, fsname: &str) -> Result<BackgroundSession, String> {
+    clear_stale_mount(mnt)?;
+    let mut config = Config::default();
+    config.mount_options = vec![MountOption::RO, MountOption::FSName(fsname.into()), MountOption::Subtype("nixoci".into())];
+    config.n_threads = Some(threads.max(1));
+    config.acl = SessionACL::All;
+    // SessionACL::All is the allow_other mount option.
+    let session = match fuser::spawn_mount(NixociFs::new(catalog.clone()), mnt, &config) {
+        Ok(s) => s,
+        // Users other than root need `user_allow_other` in /etc/fuse.conf for allow_other.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            log::warn!(
+                "allow_other refused ({}): mounting for uid {} only; root and other users (dockerd, a root podman) \
+                 will get 'permission denied'. To share it, add a line `user_allow_other` to /etc/fuse.conf",
+                e.to_string().trim(),
+                unsafe { libc::geteuid() }
+            );
+            config.acl = SessionACL::Owner;
+            fuser::spawn_mount(NixociFs::new(catalog), mnt, &config).map_err(|e| format!("cannot mount {}: {e}", mnt.display()))?
+        }
+        Err(e) => return Err(format!("cannot mount {}: {e}", mnt.display())),
+    };
+    raise_readahead(mnt);
+    Ok(session)
 }
 
 pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> Result<(), String> {
@@ -84,34 +140,25 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
     if !images.is_dir() {
         return Err(format!("images directory {} does not exist", images.display()));
     }
-    clear_stale_mount(mnt)?;
     let catalog = Catalog::new(images, cache);
     let changes = catalog.watch_changes();
     let watched = catalog.clone();
     std::thread::spawn(move || watch(&watched));
-
-    let mut config = Config::default();
-    config.mount_options = vec![MountOption::RO, MountOption::FSName("nixoci".into()), MountOption::Subtype("nixoci".into())];
-    config.n_threads = Some(threads.max(1));
-    config.acl = SessionACL::All;
-    // SessionACL::All is the allow_other mount option.
-    let session = match fuser::spawn_mount(NixociFs::new(catalog.clone()), mnt, &config) {
-        Ok(s) => s,
-        // Users other than root need `user_allow_other` in /etc/fuse.conf for allow_other.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            log::warn!("mount with allow_other failed ({e}); mounting for this user only");
-            config.acl = SessionACL::Owner;
-            fuser::spawn_mount(NixociFs::new(catalog), mnt, &config).map_err(|e| format!("cannot mount {}: {e}", mnt.display()))?
-        }
-        Err(e) => return Err(format!("cannot mount {}: {e}", mnt.display())),
-    };
-    raise_readahead(mnt);
+    let session = serve(mnt, catalog, threads, FSNAME)?;
+    if unsafe { libc::geteuid() } != 0 && !is_shared_mount(mnt) {
+        log::warn!(
+            "{} is not a shared mount (its parent mount is private), so a rootless podman that is already \
+             running does not see it: run `podman system migrate` after mounting (it restarts podman's \
+             namespace), or make the parent shared as systemd does (`mount --make-rshared /`, as root)",
+            mnt.display()
+        );
+    }
     // The kernel caches top-level names for a second: make it forget a changed one at once.
     // (Never from a FUSE request thread: the kernel may hold the directory locked for it.)
     let notifier = session.notifier();
     std::thread::spawn(move || {
         for name in changes {
-            for (n, _) in top_names(&name) {
+            for (n, _) in top_names(&name, true) {
                 let _ = notifier.inval_entry(INodeNo(1), OsStr::new(&n));
             }
         }
@@ -130,5 +177,26 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
             return session.join().map_err(|e| e.to_string());
         }
     }
-    session.umount_and_join().map_err(|e| format!("unmount of {}: {e}", mnt.display()))
+    unmount(session, mnt)
+}
+
+/// Unmounts and waits for the session's end, but not for long: the session ends when the last
+/// copy of the mount is gone, and a mount namespace made while it was mounted keeps a copy (a
+/// rootless podman's pause process does). Exiting closes the FUSE device, and the copy there
+/// fails with ENOTCONN from then on.
+pub fn unmount(session: BackgroundSession, mnt: &Path) -> Result<(), String> {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(session.umount_and_join()));
+    match finished.recv_timeout(Duration::from_secs(5)) {
+        Ok(result) => result.map_err(|e| format!("unmount of {}: {e}", mnt.display())),
+        Err(_) => {
+            log::warn!(
+                "{}: the FUSE session is still held 5 s after unmounting, by a copy of the mount in another \
+                 mount namespace (a rootless podman started while it was mounted keeps one); exiting anyway: \
+                 that copy is dead from now on (`podman system migrate` drops it)",
+                mnt.display()
+            );
+            Ok(())
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! The client matrix: every view of the mount (oci:, dir:, docker-archive:) read by the stock
 //! clients (skopeo copy to dir:, oci:, containers-storage:, docker://; skopeo inspect; umoci;
-//! podman load + run; GNU tar; Python tarfile). One #[test] per cell; a missing tool fails the
-//! cell (run scripts/setup). The small hello image (busybox + a script) serves most cells; the
-//! ~665 MB app closure of shared/bench/corpus.nix serves the copies that matter for size.
+//! podman load + run; buildah bud; oci-image-tool validate; GNU tar; Python tarfile). Docker and
+//! containerd read it in tests/docker.rs, a normal user in tests/rootless.rs. One #[test] per
+//! cell; a missing tool fails the cell (run scripts/setup). The small hello image (busybox + a
+//! script) serves most cells; the ~665 MB app closure of shared/bench/corpus.nix serves the
+//! copies that matter for size.
 
 mod common;
 
@@ -315,4 +317,85 @@ fn gnu_tar_lists_the_archive() {
     // GNU tar reads every byte of every member without complaint.
     let out = run(tool("tar").arg("-xOf").arg(&archive).stdout(std::process::Stdio::null()));
     assert!(out.stderr.is_empty(), "tar -xO: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// buildah with storage of its own (vfs: nothing mounted).
+fn buildah(storage: &Path) -> std::process::Command {
+    let mut c = tool("buildah");
+    c.arg("--root").arg(storage.join("root")).arg("--runroot").arg(storage.join("run")).args(["--storage-driver", "vfs"]);
+    c
+}
+
+/// `buildah bud` of `FROM oci:LAYOUT` plus one added file: the built image keeps the base's
+/// layers (same diff_ids) and config, and adds exactly one layer holding the file.
+fn buildah_bud_adds_one_layer(layout: &Path, want: &ImageId) {
+    let (_t, tmp) = temp_dir();
+    let context = tmp.join("context");
+    fs::create_dir(&context).unwrap();
+    fs::write(context.join("added.txt"), "added by buildah\n").unwrap();
+    fs::write(context.join("Containerfile"), format!("FROM oci:{}\nCOPY added.txt /added.txt\n", layout.display())).unwrap();
+    let storage = tmp.join("storage");
+    run(buildah(&storage).args(["bud", "--quiet", "--tag", "built"]).arg(&context));
+    let inspected: Value = serde_json::from_slice(&run(buildah(&storage).args(["inspect", "--type", "image", "built"])).stdout).unwrap();
+    let built: Vec<String> = serde_json::from_value(inspected["OCIv1"]["rootfs"]["diff_ids"].clone()).unwrap();
+    assert_eq!(built.len(), want.diff_ids.len() + 1, "one layer more than the base: {built:?}");
+    assert_eq!(built[..want.diff_ids.len()], want.diff_ids[..], "base layers unchanged");
+    assert_eq!(inspected["OCIv1"]["config"]["Entrypoint"], want.config_json["config"]["Entrypoint"], "base config kept");
+    // The new layer, uncompressed, holds the file.
+    let out = tmp.join("out");
+    run(buildah(&storage).args(["push", "--quiet", "--disable-compression", "built"]).arg(format!("dir:{}", out.display())));
+    let top = built.last().unwrap().strip_prefix("sha256:").unwrap();
+    let added = run(tool("tar").arg("-xOf").arg(out.join(top)).arg("added.txt")).stdout;
+    assert_eq!(added, b"added by buildah\n", "the added layer");
+}
+
+#[test]
+fn buildah_bud_from_the_mount_and_the_export() {
+    let (m, _keep, name) = serve(Image::Hello);
+    let layout = m.mnt.join(name);
+    let want = oci_image_id(&layout);
+    buildah_bud_adds_one_layer(&layout, &want);
+    let (_t, tmp) = temp_dir();
+    nixoci_export(&fixture("hello-image"), "oci", &tmp.join("exported"));
+    buildah_bud_adds_one_layer(&tmp.join("exported"), &want);
+}
+
+/// `oci-image-tool validate`; panics unless it succeeds.
+fn validate(kind: &str, path: &Path) {
+    let out = run(tool("oci-image-tool").args(["validate", "--type", kind]).arg(path));
+    let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Validation succeeded"), "oci-image-tool validate --type {kind} {}: {text}", path.display());
+}
+
+/// oci-image-tool (Debian's 1.0.0-rc1) validates an image layout in full: schemas, and the digest
+/// and size of every blob the index reaches. Which views it applies to:
+/// - NAME/ and the exported layout: as an image layout (`--type image` on a directory).
+/// - NAME.dir/ is not an OCI layout (no index.json, blobs named by bare hex): its manifest and
+///   config are validated one by one (`--type manifest`, `--type config`).
+/// - NAME.tar: this version's tar walker wraps its own end-of-walk signal in an error, so it fails
+///   on every tar (skopeo's own oci-archive too: "find failed: unable to walk: end of walk").
+///   The layout that GNU tar extracts from the archive is validated instead.
+#[test]
+fn oci_image_tool_validates_every_view() {
+    let (m, _keep, name) = serve(Image::Hello);
+    let layout = m.mnt.join(name);
+    let served = oci_image_id(&layout);
+    validate("image", &layout);
+    let dir = m.mnt.join(format!("{name}.dir"));
+    validate("manifest", &dir.join("manifest.json"));
+    validate("config", &dir.join(served.config.strip_prefix("sha256:").unwrap()));
+    let (_t, tmp) = temp_dir();
+    let extracted = tmp.join("extracted");
+    fs::create_dir(&extracted).unwrap();
+    run(tool("tar").arg("-xf").arg(m.mnt.join(format!("{name}.tar"))).arg("-C").arg(&extracted));
+    validate("image", &extracted);
+    nixoci_export(&fixture("hello-image"), "oci", &tmp.join("exported"));
+    validate("image", &tmp.join("exported"));
+    // The tool does read the blobs: one changed byte in a layer fails it.
+    let layer = oci_blob(&extracted, &served.diff_ids[1]);
+    let mut bytes = fs::read(&layer).unwrap();
+    bytes[600] ^= 1;
+    fs::write(&layer, bytes).unwrap();
+    let out = run_unchecked(tool("oci-image-tool").args(["validate", "--type", "image"]).arg(&extracted));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("digest mismatch"), "a changed layer is caught: {out:?}");
 }

@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -72,11 +73,13 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `nix-build EXPR -A ATTR`, building as root (no nixbld users needed); returns the out path.
+/// `nix-build EXPR -A ATTR`, building as root (no nixbld users needed), import from derivation
+/// refused; returns the out path.
 pub fn nix_build(expr: &Path, attr: &str) -> PathBuf {
     let out = run(tool("nix-build")
         .arg(expr)
         .args(["-A", attr, "--no-out-link", "--option", "build-users-group", ""])
+        .args(["--option", "allow-import-from-derivation", "false"])
         .stderr(Stdio::inherit()));
     let text = stdout(&out);
     let line = text.lines().last().unwrap_or_else(|| panic!("nix-build {attr} printed nothing"));
@@ -220,8 +223,19 @@ impl Mount {
 
     /// Starts nixoci on given paths (used to restart on a place left stale); the log appends.
     pub fn start(mnt: &Path, images: &Path, cache: &Path, log: &Path) -> Mount {
+        Mount::spawn(Command::new(nixoci_bin()), mnt, images, cache, log, &|m| fs::read_dir(m).is_ok())
+    }
+
+    /// As `start`, with the daemon run as the rootless test user (its mount is then for that user
+    /// only: root cannot list it, so the user checks that it is up).
+    pub fn start_as(user: &User, mnt: &Path, images: &Path, cache: &Path, log: &Path) -> Mount {
+        Mount::spawn(user.cmd(user.nixoci()), mnt, images, cache, log, &|m| user.can_list(m))
+    }
+
+    /// Runs `cmd` (nixoci, as root or as a user) `mount …`; `listable` tells that the mount
+    /// answers (a stale one does not).
+    fn spawn(mut cmd: Command, mnt: &Path, images: &Path, cache: &Path, log: &Path, listable: &dyn Fn(&Path) -> bool) -> Mount {
         let logf = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut cmd = Command::new(nixoci_bin());
         cmd.arg("mount")
             .arg(mnt)
             .arg("--images")
@@ -230,10 +244,8 @@ impl Mount {
             .arg(cache)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
+            .stderr(logf)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let mut m = Mount {
             mnt: mnt.to_path_buf(),
@@ -248,7 +260,7 @@ impl Mount {
                 panic!("nixoci mount exited early ({status})\n--- log\n{}", m.log_text());
             }
             // Listing first: a stale mount left at the place is listed but cannot be read.
-            fs::read_dir(&m.mnt).is_ok() && is_mounted(&m.mnt)
+            listable(&m.mnt) && is_mounted(&m.mnt)
         });
         assert!(up, "{} not mounted after {MOUNT_TIMEOUT:?}\n--- log\n{}", mnt.display(), m.log_text());
         m
@@ -359,6 +371,19 @@ impl Podman {
     /// Runs podman with `args`; panics with its output on failure.
     pub fn run<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Output {
         run(self.cmd().args(args))
+    }
+
+    /// A storage.conf naming this storage (podman's default driver), for tools that take no
+    /// --root, such as skopeo's `containers-storage:` (point CONTAINERS_STORAGE_CONF at it).
+    pub fn storage_conf(&self) -> PathBuf {
+        let conf = self.root.join("storage.conf");
+        let text = format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            self.root.join("root").display(),
+            self.root.join("run").display()
+        );
+        fs::write(&conf, text).unwrap();
+        conf
     }
 }
 
@@ -616,8 +641,8 @@ pub struct Docker {
     pub base: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
-    child: Option<Child>,
-    _tmp: TempDir,
+    child: Mutex<Option<Child>>,
+    tmp: Mutex<Option<TempDir>>,
 }
 
 impl Docker {
@@ -643,15 +668,31 @@ impl Docker {
             .stderr(logf)
             .spawn()
             .expect("cannot start dockerd");
-        let mut d = Docker { base, socket, log, child: Some(child), _tmp: tmp };
+        let d = Docker { base, socket, log, child: Mutex::new(Some(child)), tmp: Mutex::new(Some(tmp)) };
         let up = wait_for(Duration::from_secs(60), || {
-            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = d.child.lock().unwrap().as_mut().unwrap().try_wait().unwrap() {
                 panic!("dockerd exited early ({status})\n{}", d.log_text());
             }
             d.cmd().arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
         });
         assert!(up, "dockerd not answering on {}\n{}", d.socket.display(), d.log_text());
         d
+    }
+
+    /// One engine for all the tests of one test binary (starting one takes seconds), stopped when
+    /// the binary exits. Tests sharing it use image names and ctr namespaces of their own.
+    pub fn shared() -> &'static Docker {
+        static SHARED: OnceLock<Docker> = OnceLock::new();
+        extern "C" fn stop_shared() {
+            if let Some(d) = SHARED.get() {
+                d.stop();
+            }
+        }
+        SHARED.get_or_init(|| {
+            let d = Docker::start();
+            assert_eq!(unsafe { libc::atexit(stop_shared) }, 0, "atexit");
+            d
+        })
     }
 
     /// The docker client of the same package as the engine (/usr/bin/docker: the machine may
@@ -664,9 +705,26 @@ impl Docker {
         c
     }
 
-    /// Runs docker with `args`; panics with its output on failure.
+    /// Runs docker with `args`; panics with its output (and where dockerd logs) on failure.
     pub fn run<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Output {
-        run(self.cmd().args(args))
+        let mut cmd = self.cmd();
+        cmd.args(args);
+        let out = run_unchecked(&mut cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed ({})\n--- stdout\n{}\n--- stderr\n{}\n--- dockerd log: {}",
+            out.status,
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr),
+            self.log.display()
+        );
+        out
+    }
+
+    /// `docker image inspect REF`, parsed.
+    pub fn inspect(&self, reference: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_slice(&self.run(["image", "inspect", reference]).stdout).unwrap();
+        v[0].clone()
     }
 
     /// The containerd socket dockerd started under its exec root (for `ctr -a`).
@@ -684,11 +742,10 @@ impl Docker {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
 
-impl Drop for Docker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    /// SIGTERM (SIGKILL after 20 s), then take down what stayed mounted and remove the roots.
+    fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             if !wait_for(Duration::from_secs(20), || matches!(child.try_wait(), Ok(Some(_)))) {
                 let _ = child.kill();
@@ -701,9 +758,16 @@ impl Drop for Docker {
         for p in left.iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(p).status();
         }
+        drop(self.tmp.lock().unwrap().take());
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- dockerd log ({})\n{}", self.log.display(), self.log_text());
         }
+        self.stop();
     }
 }
 
@@ -725,6 +789,19 @@ impl FreshSkopeo {
         FreshSkopeo { cache, _tmp: tmp }
     }
 
+    /// `program ARGS` inside the private namespace (e.g. a script that runs skopeo), as the child
+    /// of a shell that, once it has ended, writes the namespace's /proc/self/mountinfo to
+    /// `mounts_after`: what the program left mounted there. Exits with the program's status.
+    pub fn wrap(&self, program: impl AsRef<OsStr>, mounts_after: &Path) -> Command {
+        let mut c = tool("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind \"$0\" /var/lib/containers/cache || exit 99; m=$1; shift; \"$@\"; rc=$?; cat /proc/self/mountinfo > \"$m\"; exit $rc")
+            .arg(&self.cache)
+            .arg(mounts_after)
+            .arg(program);
+        c
+    }
+
     /// `skopeo ARGS` inside the private namespace.
     pub fn cmd(&self) -> Command {
         let skopeo = require_tool("skopeo");
@@ -734,5 +811,95 @@ impl FreshSkopeo {
             .arg(&self.cache)
             .arg(skopeo);
         c
+    }
+}
+
+/// `nixoci export --format FORMAT DESCRIPTION OUT` (oci, dir or archive), with a digest cache of
+/// its own beside OUT. The image is named after the description's file name.
+pub fn nixoci_export(description: &Path, format: &str, out: &Path) {
+    let cache = out.with_extension("cache");
+    run(Command::new(nixoci_bin()).args(["export", "--format", format]).arg(description).arg(out).arg("--cache-dir").arg(cache));
+}
+
+/// The unprivileged user the rootless tests run as (`scripts/setup` creates it, with subuid and
+/// subgid ranges for rootless podman).
+pub const TEST_USER: &str = "nixoci-test";
+
+/// The rootless test user, with a directory of its own (owned by it) holding its HOME, its
+/// XDG_RUNTIME_DIR, and copies of what it runs that may sit where it cannot read (the repo).
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub dir: PathBuf,
+    _tmp: TempDir,
+}
+
+impl User {
+    pub fn new() -> User {
+        require_tool("setpriv");
+        let id = |flag: &str| -> u32 {
+            let out = run_unchecked(Command::new("id").arg(flag).arg(TEST_USER));
+            assert!(out.status.success(), "user {TEST_USER} is missing: run scripts/setup");
+            stdout(&out).trim().parse().unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        let (tmp, dir) = temp_dir();
+        fs::create_dir(dir.join("home")).unwrap();
+        fs::create_dir(dir.join("run")).unwrap();
+        // XDG_RUNTIME_DIR must be the user's own, mode 0700.
+        fs::set_permissions(dir.join("run"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        fs::copy(nixoci_bin(), dir.join("nixoci")).unwrap();
+        fs::copy(repo_dir().join("tests/containers.conf"), dir.join("containers.conf")).unwrap();
+        for p in ["", "home", "run", "nixoci", "containers.conf"] {
+            std::os::unix::fs::chown(dir.join(p), Some(uid), Some(gid)).unwrap();
+        }
+        User { uid, gid, dir, _tmp: tmp }
+    }
+
+    /// The user's copy of the nixoci binary.
+    pub fn nixoci(&self) -> PathBuf {
+        self.dir.join("nixoci")
+    }
+
+    /// `program` run as the user: setpriv execs it (no process in between, so signals reach
+    /// it), in a clean environment whose HOME and XDG_RUNTIME_DIR are the user's own dirs here.
+    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = tool("setpriv");
+        c.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(program)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", self.dir.join("home"))
+            .env("XDG_RUNTIME_DIR", self.dir.join("run"))
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+        c
+    }
+
+    /// Whether the user can list `dir`.
+    pub fn can_list(&self, dir: &Path) -> bool {
+        self.cmd(require_tool("ls")).arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
+
+    /// Rootless podman with storage of its own under the user's dir (vfs: nothing mounted).
+    pub fn podman(&self) -> Command {
+        require_tool("newuidmap");
+        let mut c = self.cmd(require_tool("podman"));
+        c.arg("--root").arg(self.dir.join("storage")).arg("--runroot").arg(self.dir.join("run/containers")).args(["--storage-driver", "vfs"]);
+        c
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        // Rootless podman leaves a pause process holding its namespaces: end it (its pid file
+        // is under this user's XDG_RUNTIME_DIR, so it is this test's).
+        if let Ok(pid) = fs::read_to_string(self.dir.join("run/libpod/tmp/pause.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
