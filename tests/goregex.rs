@@ -118,7 +118,7 @@ fn check(cases: &[Case]) -> (Vec<(Case, String)>, usize) {
     (refused, invalid)
 }
 
-fn hex_bytes(s: &[u8]) -> String {
+fn escaped(s: &[u8]) -> String {
     s.iter().map(|b| if b.is_ascii_graphic() { (*b as char).to_string() } else { format!("\\x{b:02x}") }).collect()
 }
 
@@ -552,7 +552,7 @@ fn with_ancestors(entries: BTreeSet<(Vec<u8>, u32)>) -> BTreeSet<(Vec<u8>, u32)>
 }
 
 fn check_layer(tar: &Path, want: &BTreeSet<(Vec<u8>, u32)>, what: &str) {
-    let show = |s: &BTreeSet<(Vec<u8>, u32)>| s.iter().map(|(n, m)| format!("{} {m:o}", hex_bytes(n))).collect::<Vec<_>>().join("\n");
+    let show = |s: &BTreeSet<(Vec<u8>, u32)>| s.iter().map(|(n, m)| format!("{} {m:o}", escaped(n))).collect::<Vec<_>>().join("\n");
     let python = python_listing(tar);
     assert!(&python == want, "{what}: Python tarfile read\n{}\nGo's meaning gives\n{}", show(&python), show(want));
     let absolute = want.iter().all(|(n, _)| n.starts_with(b"/"));
