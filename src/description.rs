@@ -199,7 +199,6 @@ pub fn check_store_path(p: &str) -> Result<(), String> {
     }
 }
 
-
 fn parse_mode(mode: &str, what: &str) -> Result<Option<u32>, String> {
     if mode.is_empty() {
         return Ok(None);
