@@ -224,7 +224,20 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
 /// fails with ENOTCONN from then on.
 pub fn unmount(session: BackgroundSession, mnt: &Path) -> Result<(), String> {
     let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || done.send(session.umount_and_join()));
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    std::thread::spawn(move || {
+        let mut res = session.umount_and_join();
+        // A file closed a moment ago can keep the mount busy briefly (seen right after a
+        // client's last reads): try again for a while.
+        for _ in 0..100 {
+            if !matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            res = if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+        }
+        done.send(res)
+    });
     match finished.recv_timeout(Duration::from_secs(5)) {
         Ok(result) => result.map_err(|e| format!("unmount of {}: {e}", mnt.display())),
         Err(_) => {
