@@ -3,10 +3,12 @@
 pub mod blob;
 pub mod catalog;
 pub mod commands;
+pub mod conversion;
 pub mod description;
 pub mod digest;
 pub mod fs;
 pub mod image;
 pub mod layer;
 pub mod mount;
+pub mod run;
 pub mod views;

@@ -45,6 +45,15 @@ enum Command {
     },
     /// Hash every layer from the store and report any that differs from the description.
     Check { description: PathBuf },
+    /// Run an image of a mount with podman, from its NAME.rootfs view (nothing is pulled or
+    /// copied), with the image config's Env, WorkingDir, User and Entrypoint; ARGS replace Cmd.
+    Run {
+        /// The nixoci mount [default: the one running on this machine]
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "NAME [ARGS]... [-- PODMAN-OPTS]")]
+        words: Vec<String>,
+    },
 }
 
 fn cache(dir: Option<PathBuf>) -> DigestCache {
@@ -60,6 +69,7 @@ fn main() {
         Command::Mount { mountpoint, images, cache_dir, threads } => nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads),
         Command::Export { description, out, format, cache_dir } => commands::export(&description, &out, format, &cache(cache_dir)),
         Command::Digest { description, cache_dir } => commands::digest(&description, &cache(cache_dir)).map(|s| print!("{s}")),
+        Command::Run { mount, words } => nixoci::run::run(mount, &words),
         Command::Check { description } => match commands::check(&description) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
