@@ -21,6 +21,7 @@ in
   fromImageBase = (call ./from-image.nix).base;
   sizeLayered = call ./size-layered.nix;
   nonReproducible = call ./non-reproducible.nix;
+  multiarch = call ./multiarch.nix;
   # baseDir: a skopeo dir: layout in the store (the test exports fromImageBase to one)
   fromDir = import ./from-dir.nix { inherit n f baseDir; };
   app = import ./app.nix { inherit n; };

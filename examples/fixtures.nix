@@ -1,6 +1,9 @@
 # Tiny store paths made from builtins only (no nixpkgs here): /bin/sh builds, the static
 # /bin/busybox is the only program copied in.
-{ system ? builtins.currentSystem }:
+{ system ? builtins.currentSystem
+  # Debian's busybox-static for arm64, fetched there by scripts/setup.
+, busyboxArm64Deb ? /var/cache/nixoci/busybox-static_arm64.deb
+}:
 let
   mk = name: script: derivation {
     inherit name system;
@@ -38,6 +41,14 @@ rec {
 
   ownershipFiles = mk "test" ''
     mkdir -p $out/tmp; : > $out/tmp/test1.txt; : > $out/tmp/test2.txt
+  '';
+
+  # An arm64 busybox, unpacked from the .deb by the host's dpkg-deb: a cross-platform image
+  # needs no emulator to be built or mounted, only to run.
+  busyboxArm64 = mk "busybox-arm64" ''
+    dpkg-deb -x ${builtins.path { path = busyboxArm64Deb; name = "busybox-static-arm64.deb"; }} deb
+    mkdir -p $out/bin; cp deb/bin/busybox $out/bin/busybox
+    for a in ${applets}; do ln -s busybox $out/bin/$a; done
   '';
 
   baseRelease = mk "base-release" ''

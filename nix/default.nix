@@ -366,6 +366,8 @@ let
     , nixGid ? 0
     , created ? "0001-01-01T00:00:00Z"
     , arch ? goArch system
+    , os ? null       # the description's "os" (the mount's default: linux)
+    , variant ? null  # e.g. "v8" for arm64, "v7" for arm
     , fromImage ? null
     , meta ? { }
     , layering ? "popularity"
@@ -410,12 +412,14 @@ let
       # Base layers first, as they are (digests given, or computed lazily by nixoci).
       baseLayers = if base == null then [ ] else base.layers or [ ];
       tagJSON = optionalString (tag != null) ",\"tag\":${toJSON tag}";
+      platformJSON = optionalString (os != null) ",\"os\":${toJSON os}"
+        + optionalString (variant != null) ",\"variant\":${toJSON variant}";
 
       image = assemble "image-${mountName name}-raw.json" {
         pre = "{\"version\":1,\"image-config\":${toJSON fullConfig},\"layers\":["
           + concatStringsSep "," (map toJSON baseLayers)
           + optionalString (baseLayers != [ ] && units != [ ]) ",";
-        post = "],\"arch\":${toJSON arch},\"created\":${toJSON created}${tagJSON}}";
+        post = "],\"arch\":${toJSON arch}${platformJSON},\"created\":${toJSON created}${tagJSON}}";
         inherit units;
       };
       # Pretty-print through nixoci (tab-indented like nix2container); every digest is given,
@@ -463,6 +467,7 @@ let
 in
 {
   inherit buildImage buildLayer imageFromDir mergeConfig mountName;
+  buildImageIndex = import ./image-index.nix { inherit writeJSON; };
   layering = L;
   inherit closureGraph;
 }

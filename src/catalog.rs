@@ -2,9 +2,10 @@
 //! file, with digests computed in the background. A bad description is logged once and hides
 //! nothing else.
 
-use crate::description::Description;
 use crate::digest::DigestCache;
-use crate::image::{prepare, Image, IndexCache, PreparedLayer};
+use crate::entry::{Entry, Prepared};
+use crate::image::IndexCache;
+use crate::image_index::no_host_image;
 use crate::views::{self, Tree};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -42,13 +43,14 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub type Served = Arc<(Image, Tree)>;
+pub type Served = Arc<(Entry, Tree)>;
 
 pub struct CatalogImage {
     pub name: String,
     pub serial: u64,
     fingerprint: Fingerprint,
-    pending: Mutex<Option<(Description, Vec<PreparedLayer>)>>,
+    has_archive: bool,
+    pending: Mutex<Option<Prepared>>,
     ready: OnceLock<Result<Served, String>>,
     cache: Arc<DigestCache>,
 }
@@ -58,19 +60,27 @@ impl CatalogImage {
     pub fn get(&self) -> Result<Served, String> {
         self.ready
             .get_or_init(|| {
-                let (desc, layers) = self.pending.lock().unwrap().take().expect("prepared once");
+                let prepared = self.pending.lock().unwrap().take().expect("prepared once");
                 let started = Instant::now();
-                let res = Image::build(&self.name, desc, layers, &self.cache).map(|img| {
-                    let tree = views::build(&self.name, &img);
-                    Arc::new((img, tree))
+                let res = prepared.build(&self.name, &self.cache).map(|entry| {
+                    let tree = views::build(&self.name, &entry);
+                    Arc::new((entry, tree))
                 });
                 match &res {
-                    Ok(s) => log::info!("image {}: ready, manifest {} ({:.2?})", self.name, s.0.manifest.digest, started.elapsed()),
+                    Ok(s) => {
+                        let kind = if matches!(s.0, Entry::Index(_)) { "image index" } else { "manifest" };
+                        log::info!("image {}: ready, {kind} {} ({:.2?})", self.name, s.0.manifests()[0].digest, started.elapsed())
+                    }
                     Err(e) => log::error!("image {}: {e}", self.name),
                 }
                 res
             })
             .clone()
+    }
+
+    /// The names this image takes at the top of the mount.
+    pub fn top_names(&self) -> Vec<(String, usize)> {
+        views::top_names(&self.name, self.has_archive)
     }
 }
 
@@ -202,13 +212,18 @@ impl Catalog {
             if self.state.read().unwrap().refused.get(&file) == Some(&Some(fp.clone())) {
                 continue; // this very version failed before
             }
-            match Description::load(&file).and_then(|d| prepare(&name, d, &self.indexes)) {
+            match Prepared::load(&name, &file, &self.indexes) {
                 Ok(prepared) => {
                     let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+                    let has_archive = prepared.has_archive();
+                    if !has_archive {
+                        log::info!("image {name}: no {name}.tar: {}", no_host_image());
+                    }
                     let img = Arc::new(CatalogImage {
                         name: name.clone(),
                         serial,
                         fingerprint: fp,
+                        has_archive,
                         pending: Mutex::new(Some(prepared)),
                         ready: OnceLock::new(),
                         cache: self.cache.clone(),

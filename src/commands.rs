@@ -4,7 +4,9 @@
 use crate::blob::Blob;
 use crate::description::Description;
 use crate::digest::{hex, sha256_blob, DigestCache};
-use crate::image::{layer_digests, prepare, Image, IndexCache};
+use crate::entry::Prepared;
+use crate::image::{layer_digests, prepare, IndexCache};
+use crate::image_index::{is_index, no_host_image};
 use crate::views::{self, Node, Tree, ARCHIVE, DIR_ROOT, OCI_ROOT};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -12,6 +14,9 @@ use std::path::Path;
 
 fn load(path: &Path) -> Result<(serde_json::Value, Description), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if is_index(&bytes) {
+        return Err(format!("{} is an image index: give one of its images' descriptions", path.display()));
+    }
     let value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: malformed JSON: {e}", path.display()))?;
     let desc = Description::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((value, desc))
@@ -70,15 +75,19 @@ pub enum Format {
     Archive,
 }
 
+/// Write one view of a description (an image or an index) as real files.
 pub fn export(desc_path: &Path, out: &Path, format: Format, cache: &DigestCache) -> Result<(), String> {
-    let (_, desc) = load(desc_path)?;
     let name = name_of(desc_path);
-    let (desc, layers) = prepare(&name, desc, &IndexCache::default())?;
-    let image = Image::build(&name, desc, layers, cache)?;
-    let tree = views::build(&name, &image);
+    let fail = |e: String| format!("{}: {e}", desc_path.display());
+    let prepared = Prepared::load(&name, desc_path, &IndexCache::default()).map_err(fail)?;
+    let entry = prepared.build(&name, cache).map_err(fail)?;
+    let tree = views::build(&name, &entry);
     let node = match format {
         Format::Oci => OCI_ROOT,
         Format::Dir => DIR_ROOT,
+        Format::Archive if entry.archive_image().is_none() => {
+            return Err(fail(format!("no docker-archive: {}", no_host_image())))
+        }
         Format::Archive => ARCHIVE,
     };
     materialize(&tree, node, out)

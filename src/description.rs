@@ -2,10 +2,10 @@
 //! Everything that can be checked without reading the store is checked here, so a bad
 //! description is refused with one message naming the problem.
 
+use crate::platform::Platform;
 use regex::bytes::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::path::Path;
 
 pub const STORE_DIR: &str = "/nix/store";
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -19,6 +19,10 @@ struct RawDescription {
     layers: Vec<RawLayer>,
     #[serde(default)]
     arch: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    variant: String,
     #[serde(default = "default_created")]
     created: Option<String>,
     #[serde(default)]
@@ -90,7 +94,7 @@ struct RawPerm {
 pub struct Description {
     pub image_config: Map<String, Value>,
     pub layers: Vec<Layer>,
-    pub arch: String,
+    pub platform: Platform,
     pub created: Option<String>,
     pub tag: String,
 }
@@ -167,6 +171,15 @@ pub fn valid_tag(t: &str) -> bool {
         && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
+/// A description's `tag`: `latest` when absent.
+pub fn parse_tag(tag: Option<String>) -> Result<String, String> {
+    let tag = tag.unwrap_or_else(|| "latest".into());
+    if !valid_tag(&tag) {
+        return Err(format!("tag '{tag}' is not a valid image tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})"));
+    }
+    Ok(tag)
+}
+
 /// Paths must name something in the store: absolute, under the store directory, no `.`/`..`
 /// components, no empty components, no NUL.
 pub fn check_store_path(p: &str) -> Result<(), String> {
@@ -181,15 +194,6 @@ pub fn check_store_path(p: &str) -> Result<(), String> {
         return Err(format!("path '{p}' is not a clean store path (empty, '.' or '..' component)"));
     }
     Ok(())
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    }
 }
 
 fn compile(re: &str, what: &str) -> Result<Regex, String> {
@@ -287,18 +291,10 @@ impl Description {
                 return Err(format!("created '{c}' is not an RFC 3339 date"));
             }
         }
-        let tag = raw.tag.unwrap_or_else(|| "latest".into());
-        if !valid_tag(&tag) {
-            return Err(format!("tag '{tag}' is not a valid image tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})"));
-        }
+        let tag = parse_tag(raw.tag)?;
         let layers = raw.layers.into_iter().enumerate().map(|(i, l)| parse_layer(i, l)).collect::<Result<_, _>>()?;
-        let arch = if raw.arch.is_empty() { host_arch().to_string() } else { raw.arch };
-        Ok(Description { image_config: raw.image_config, layers, arch, created: raw.created, tag })
-    }
-
-    pub fn load(path: &Path) -> Result<Description, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        Description::parse(&bytes)
+        let platform = Platform::new(&raw.os, &raw.arch, &raw.variant)?;
+        Ok(Description { image_config: raw.image_config, layers, platform, created: raw.created, tag })
     }
 }
 
@@ -316,7 +312,7 @@ mod tests {
             .expect("shared/reference/n2c-image-app.json must be beside the repo");
         let d = Description::parse(&json).unwrap();
         assert_eq!(d.layers.len(), 3);
-        assert_eq!(d.arch, "amd64");
+        assert_eq!(d.platform.to_string(), "linux/amd64");
         assert_eq!(d.tag, "latest");
         assert_eq!(d.layers[2].size, Some(4608));
         assert!(d.image_config.contains_key("Entrypoint"));
@@ -343,6 +339,7 @@ mod tests {
         assert!(err(r#"{"version":1,"layers":[{"digest":"sha256:xyz"}]}"#).contains("digest"));
         assert!(err(r#"{"version":1,"tag":"a:b"}"#).contains("tag"));
         assert!(err(r#"{"version":1,"created":"yesterday"}"#).contains("RFC 3339"));
+        assert!(err(r#"{"version":1,"arch":"x86_64"}"#).contains("unknown arch 'x86_64'"));
         assert!(err(r#"{"version":1,"layers":[{"layer-path":"/tmp/x.tar"}]}"#).contains("outside the store"));
     }
 }

@@ -6,7 +6,7 @@
 use crate::catalog::{Catalog, CatalogImage, Served};
 use crate::digest::hex;
 use crate::image::ServedBlob;
-use crate::views::{top_names, Node, ARCHIVE, DIR_ROOT, OCI_ROOT};
+use crate::views::{Node, ARCHIVE, DIR_ROOT, OCI_ROOT};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
     ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
@@ -159,7 +159,7 @@ impl NixociFs {
     fn lookup_top(&self, name: &str) -> Option<(Arc<CatalogImage>, usize)> {
         let base = name.strip_suffix(".dir").or_else(|| name.strip_suffix(".tar")).unwrap_or(name);
         let img = self.catalog.by_name(base)?;
-        let node = top_names(&img.name).into_iter().find(|(n, _)| n == name)?.1;
+        let node = img.top_names().into_iter().find(|(n, _)| n == name)?.1;
         Some((img, node))
     }
 
@@ -228,7 +228,7 @@ impl Filesystem for NixociFs {
                 self.catalog.refresh(Duration::from_millis(200));
             }
             for img in self.catalog.names() {
-                for (name, node) in top_names(&img.name) {
+                for (name, node) in img.top_names() {
                     let kind = if node == ARCHIVE { FileType::RegularFile } else { FileType::Directory };
                     entries.push((inode(img.serial, node), kind, name));
                 }

@@ -178,12 +178,20 @@ pub fn layer_digests(layers: &[PreparedLayer], cache: &DigestCache) -> Result<Ve
     Ok(digests.into_iter().map(Option::unwrap).collect())
 }
 
-/// A generated JSON blob (config, manifest): compact, keys in the order given, so byte-stable.
-fn json_blob(value: &Value, media_type: &str, label: String) -> Arc<ServedBlob> {
+/// A generated JSON blob (config, manifest, image index): compact, keys in the order given, so
+/// byte-stable.
+pub fn json_blob(value: &Value, media_type: &str, label: String) -> Arc<ServedBlob> {
     let bytes = serde_json::to_vec(value).unwrap();
     let sb = ServedBlob::new(sha256_bytes(&bytes), media_type, Arc::new(bytes), label);
     sb.verified.store(true, Ordering::Relaxed);
     Arc::new(sb)
+}
+
+/// An OCI layout's index.json: the one manifest or image index, under its tag.
+pub fn layout_index(top: &ServedBlob, tag: &str) -> Vec<u8> {
+    let mut desc = top.descriptor();
+    desc["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+    serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [desc]})).unwrap()
 }
 
 /// An image ready to serve.
@@ -216,8 +224,11 @@ impl Image {
         if let Some(c) = &desc.created {
             config.insert("created".into(), json!(c));
         }
-        config.insert("architecture".into(), json!(desc.arch));
-        config.insert("os".into(), json!("linux"));
+        config.insert("architecture".into(), json!(desc.platform.arch));
+        config.insert("os".into(), json!(desc.platform.os));
+        if let Some(v) = &desc.platform.variant {
+            config.insert("variant".into(), json!(v));
+        }
         config.insert("config".into(), Value::Object(desc.image_config));
         config.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
         config.insert("history".into(), Value::Array(history));
@@ -228,10 +239,7 @@ impl Image {
             "config": config.descriptor(),
             "layers": served.iter().map(|l| l.descriptor()).collect::<Vec<_>>(),
         }), MANIFEST_TYPE, format!("image {name} manifest"));
-        let mut desc_json = manifest.descriptor();
-        desc_json["annotations"] = json!({"org.opencontainers.image.ref.name": desc.tag});
-        let index_json =
-            serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [desc_json]})).unwrap();
+        let index_json = layout_index(&manifest, &desc.tag);
         Ok(Image { tag: desc.tag, manifest, config, layers: served, index_json })
     }
 

@@ -145,7 +145,7 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
     let notifier = session.notifier();
     std::thread::spawn(move || {
         for name in changes {
-            for (n, _) in top_names(&name) {
+            for (n, _) in top_names(&name, true) {
                 let _ = notifier.inval_entry(INodeNo(1), OsStr::new(&n));
             }
         }

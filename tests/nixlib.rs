@@ -479,3 +479,50 @@ fn app_change_rehashes_only_the_top_layer() {
     let image = read_json(Path::new(stdout(&out).trim()));
     assert_eq!(layer_paths(&image).len(), 3);
 }
+
+// ---------------------------------------------------------------- multi-platform images
+
+#[test]
+fn build_image_index_needs_no_import_from_derivation() {
+    // Over descriptions that are plain derivations (the test fixtures), evaluation must not
+    // build anything: buildImageIndex never reads an image's JSON.
+    let expr = format!(
+        "{{ nixoci }}: let lib = import {r}/nix {{ inherit nixoci; }}; f = import {r}/tests/fixtures/images.nix; in \
+         lib.buildImageIndex {{ name = \"pair\"; tag = \"t1\"; images = [ f.busybox-image f.busybox-arm64-image ]; }}",
+        r = repo_dir().display()
+    );
+    let out = run(nix_args(tool("nix-build").args(["--option", "allow-import-from-derivation", "false", "--no-out-link", "-E", &expr]))
+        .stderr(Stdio::inherit()));
+    let index = read_json(Path::new(stdout(&out).trim()));
+    let images = [fixture("busybox-image"), fixture("busybox-arm64-image")].map(|p| p.display().to_string());
+    assert_eq!(index, serde_json::json!({"images": images, "tag": "t1", "version": 1}));
+}
+
+#[test]
+fn image_index_example_serves_each_platform() {
+    let index = build("multiarch");
+    let json = read_json(&index);
+    let platforms: Vec<(Value, Value)> = json["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| read_json(Path::new(p.as_str().unwrap())))
+        .map(|d| (d["arch"].clone(), d.get("variant").cloned().unwrap_or(Value::Null)))
+        .collect();
+    assert_eq!(platforms, [("amd64".into(), Value::Null), ("arm64".into(), "v8".into())], "{json}");
+    let dir = LowerDir::new();
+    let images = dir.0.join("images");
+    fs::create_dir(&images).unwrap();
+    link_image(&images, "multiarch.json", &index);
+    let m = Mount::start(&dir.0.join("mnt"), &images, &dir.0.join("cache"), &dir.0.join("nixoci.log"));
+    let podman = Podman::new();
+    let source = format!("oci:{}/multiarch:v1", m.mnt.display());
+    for arch in ["arm64", "amd64"] {
+        let id = stdout(&podman.run(["pull", "--arch", arch, &source])).lines().last().unwrap().trim().to_string();
+        assert_eq!(stdout(&podman.run(["image", "inspect", "-f", "{{.Architecture}}", &id])).trim(), arch);
+        let machine = if arch == "amd64" { "x86_64" } else { "aarch64" }; // arm64 through qemu
+        assert_eq!(stdout(&podman.run(["run", "--rm", &id])).trim(), format!("hello from {machine}"));
+    }
+    drop(podman);
+    drop(m);
+}

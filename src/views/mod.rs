@@ -7,7 +7,8 @@ pub mod dir;
 pub mod oci;
 
 use crate::blob::Blob;
-use crate::image::{Image, ServedBlob};
+use crate::entry::Entry;
+use crate::image::ServedBlob;
 use std::sync::Arc;
 
 pub enum Node {
@@ -58,19 +59,25 @@ impl Tree {
     }
 }
 
-/// Names an image takes at the top of the mount.
-pub fn top_names(name: &str) -> [(String, usize); 3] {
-    [(name.to_string(), OCI_ROOT), (format!("{name}.dir"), DIR_ROOT), (format!("{name}.tar"), ARCHIVE)]
+/// Names an image takes at the top of the mount (NAME.tar only when it has a docker-archive).
+pub fn top_names(name: &str, archive: bool) -> Vec<(String, usize)> {
+    let mut names = vec![(name.to_string(), OCI_ROOT), (format!("{name}.dir"), DIR_ROOT)];
+    if archive {
+        names.push((format!("{name}.tar"), ARCHIVE));
+    }
+    names
 }
 
-pub fn build(name: &str, image: &Image) -> Tree {
+pub fn build(name: &str, entry: &Entry) -> Tree {
     let mut t = Tree { nodes: vec![Node::Dir(Vec::new())] };
-    let [oci_name, dir_name, archive_name] = top_names(name);
-    assert_eq!(t.dir(0, &oci_name.0), OCI_ROOT);
-    assert_eq!(t.dir(0, &dir_name.0), DIR_ROOT);
-    let archive = archive::build(name, image);
-    assert_eq!(t.add(0, &archive_name.0, Node::Plain(Arc::new(archive))), ARCHIVE);
-    oci::fill(&mut t, OCI_ROOT, image);
-    dir::fill(&mut t, DIR_ROOT, image);
+    let archive = entry.archive_image();
+    let names = top_names(name, archive.is_some());
+    assert_eq!(t.dir(0, &names[0].0), OCI_ROOT);
+    assert_eq!(t.dir(0, &names[1].0), DIR_ROOT);
+    if let Some(image) = archive {
+        assert_eq!(t.add(0, &names[2].0, Node::Plain(Arc::new(archive::build(name, image)))), ARCHIVE);
+    }
+    oci::fill(&mut t, OCI_ROOT, entry);
+    dir::fill(&mut t, DIR_ROOT, entry);
     t
 }
