@@ -19,9 +19,21 @@
           doCheck = false;
           meta.mainProgram = "nixoci";
         };
+        # An example image: `nix run .#hello-image.copyToDockerDaemon` (or .copyToRegistry,
+        # .copyToPodman, `.copyTo -- docker://…`), as with nix2container.
+        hello-image = self.lib.${system}.buildImage {
+          name = "hello";
+          config.Entrypoint = [ "${pkgs.hello}/bin/hello" ];
+          maxLayers = 2;
+        };
       });
 
-      # buildImage, buildLayer (nix2container's arguments, its image JSON v1).
+      apps = forAll (system: pkgs: {
+        default = { type = "app"; program = "${self.packages.${system}.default}/bin/nixoci"; };
+      });
+
+      # buildImage, buildLayer (nix2container's arguments, its image JSON v1), whose images
+      # carry copyToRegistry, copyToDockerDaemon, copyToPodman and copyTo.
       lib = forAll (system: pkgs: import ./nix {
         inherit pkgs;
         nixoci = self.packages.${system}.default;
@@ -31,24 +43,7 @@
 
       checks = forAll (system: pkgs: {
         package = self.packages.${system}.default;
-        # Layering unit test: nix2container's popularity vector.
-        popularity =
-          let
-            L = import ./nix/layering.nix;
-            g = [
-              { path = "A"; references = [ "A" "B" "G" ]; } { path = "B"; references = [ "B" "C" "E" ]; }
-              { path = "C"; references = [ "C" "D" "E" ]; } { path = "D"; references = [ "D" "F" ]; }
-              { path = "E"; references = [ "E" "F" ]; } { path = "F"; references = [ "F" ]; }
-              { path = "G"; references = [ "G" ]; }
-            ];
-          in
-          assert L.popularityOrder g == [ "F" "E" "D" "C" "G" "B" "A" ];
-          pkgs.runCommand "popularity-ok" { } "touch $out";
-        hello-image = self.lib.${system}.buildImage {
-          name = "hello";
-          config.Entrypoint = [ "${pkgs.hello}/bin/hello" ];
-          maxLayers = 2;
-        };
+        hello-image = self.packages.${system}.hello-image;
       });
     };
 }

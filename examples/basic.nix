@@ -1,5 +1,6 @@
-{ n, f }:
+# name and tag: the copy tests push it under a registry's name.
+{ n, f, name ? "basic", tag ? null }:
 n.buildImage {
-  name = "basic";
+  inherit name tag;
   config.entrypoint = [ "${f.hello}/bin/hello" ];
 }

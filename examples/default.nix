@@ -9,6 +9,8 @@ in
 {
   hello = call ./hello.nix;
   basic = call ./basic.nix;
+  # { name, tag }: basic under another name (the copy tests push it to a registry)
+  basicWith = args: import ./basic.nix ({ inherit n f; } // args);
   openbar = call ./openbar.nix;
   copyToRoot = call ./copy-to-root.nix;
   layered = call ./layered.nix;
@@ -25,7 +27,9 @@ in
   # baseDir: a skopeo dir: layout in the store (the test exports fromImageBase to one)
   fromDir = import ./from-dir.nix { inherit n f baseDir; };
   app = import ./app.nix { inherit n; };
+  appDigests = import ./app.nix { inherit n; digests = true; };
   app2 = import ./app.nix { inherit n; variant = "app2"; };
-  appWith = message: import ./app.nix { inherit n message; };
+  # { message, name, tag, digests }: see app.nix
+  appWith = args: import ./app.nix ({ inherit n; } // args);
   fixtures = f;
 }

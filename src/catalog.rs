@@ -1,18 +1,19 @@
 //! The images directory: which descriptions exist, loaded and indexed once per change of their
 //! file, with digests computed in the background. A bad description is logged once and hides
-//! nothing else.
+//! nothing else; one still being written is not reported until it is complete.
 
 use crate::digest::DigestCache;
 use crate::entry::{Entry, Prepared};
 use crate::image::IndexCache;
 use crate::image_index::no_host_image;
 use crate::views::{self, Tree};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What identifies one version of a description file (symlink target and file metadata).
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -48,6 +49,8 @@ pub type Served = Arc<(Entry, Tree)>;
 pub struct CatalogImage {
     pub name: String,
     pub serial: u64,
+    /// The description file, symlinks resolved (what `nixoci copy` matches a mount by).
+    pub source: PathBuf,
     fingerprint: Fingerprint,
     has_archive: bool,
     pending: Mutex<Option<Prepared>>,
@@ -88,6 +91,10 @@ impl CatalogImage {
 /// `NAME/index.json` just before the change still finds the blobs it names.
 const RETIRED_FOR: Duration = Duration::from_secs(60);
 
+/// A description that fails to load within this time of its last change may still be being
+/// written: it is tried again at the next scan (about every second) before it is reported.
+const SETTLE: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct State {
     by_name: BTreeMap<String, Arc<CatalogImage>>,
@@ -102,7 +109,12 @@ pub struct Catalog {
     cache: Arc<DigestCache>,
     indexes: IndexCache,
     /// Names whose image changed, for the kernel's dentry cache to forget (see `mount`).
-    changed: Mutex<Option<std::sync::mpsc::Sender<String>>>,
+    changed: Mutex<Option<Sender<String>>>,
+    /// Images whose digests the background thread is to compute, one image at a time (a
+    /// thousand new images sharing layers compute each layer once, then read the cache).
+    background: Sender<Arc<CatalogImage>>,
+    /// Files open for writing (inotify saw them modified and not closed yet).
+    writing: Mutex<HashSet<PathBuf>>,
     state: RwLock<State>,
     scan_lock: Mutex<Instant>,
     next_serial: AtomicU64,
@@ -110,11 +122,19 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(dir: PathBuf, cache: DigestCache) -> Arc<Catalog> {
+        let (background, todo) = std::sync::mpsc::channel::<Arc<CatalogImage>>();
+        std::thread::spawn(move || {
+            for img in todo {
+                let _ = img.get();
+            }
+        });
         let c = Arc::new(Catalog {
             dir,
             cache: Arc::new(cache),
             indexes: IndexCache::default(),
             changed: Mutex::new(None),
+            background,
+            writing: Mutex::default(),
             state: RwLock::default(),
             scan_lock: Mutex::new(Instant::now() - Duration::from_secs(60)),
             next_serial: AtomicU64::new(1),
@@ -153,6 +173,24 @@ impl Catalog {
             drop(last);
             self.scan();
         }
+    }
+
+    /// Whether `file` (in the images directory) is open for writing, as inotify tells.
+    pub fn set_writing(&self, file: PathBuf, writing: bool) {
+        let mut w = self.writing.lock().unwrap();
+        if writing { w.insert(file) } else { w.remove(&file) };
+    }
+
+    /// Forget what inotify said (its queue overflowed): only the settle time counts.
+    pub fn clear_writing(&self) {
+        self.writing.lock().unwrap().clear();
+    }
+
+    /// A file open for writing, or changed less than `SETTLE` ago, may not be complete yet.
+    fn maybe_incomplete(&self, file: &Path) -> bool {
+        let changed = std::fs::metadata(file).and_then(|m| m.modified());
+        let recent = changed.is_ok_and(|t| SystemTime::now().duration_since(t).is_ok_and(|age| age < SETTLE));
+        recent || self.writing.lock().unwrap().contains(file)
     }
 
     fn refuse(&self, file: &Path, fp: Option<Fingerprint>, why: &str) {
@@ -222,6 +260,7 @@ impl Catalog {
                     let img = Arc::new(CatalogImage {
                         name: name.clone(),
                         serial,
+                        source: file.canonicalize().unwrap_or_else(|_| file.clone()),
                         fingerprint: fp,
                         has_archive,
                         pending: Mutex::new(Some(prepared)),
@@ -230,13 +269,11 @@ impl Catalog {
                     });
                     log::info!("image {name}: loaded from {}", file.display());
                     // Digests in the background, so the first client rarely waits.
-                    let bg = img.clone();
-                    std::thread::spawn(move || {
-                        let _ = bg.get();
-                    });
+                    let _ = self.background.send(img.clone());
                     self.state.write().unwrap().refused.remove(&file);
                     next.insert(name, img);
                 }
+                Err(e) if self.maybe_incomplete(&file) => log::debug!("{}: not loaded yet ({e}); it may still be being written", file.display()),
                 Err(e) => self.refuse(&file, Some(fp), &e),
             }
         }

@@ -1,5 +1,5 @@
-//! The one-shot commands: export, digest, check. They read layers through the same index the
-//! mount serves from.
+//! The one-shot commands: export, digest, check, and the JSON helpers `plan` builds on. They read
+//! layers through the same index the mount serves from.
 
 use crate::blob::Blob;
 use crate::description::Description;
@@ -95,8 +95,15 @@ pub fn export(desc_path: &Path, out: &Path, format: Format, cache: &DigestCache)
 
 /// The description with every layer's digest, diff_ids and size filled in.
 pub fn digest(desc_path: &Path, cache: &DigestCache) -> Result<String, String> {
-    let (mut value, desc) = load(desc_path)?;
-    let (_, layers) = prepare(&name_of(desc_path), desc, &IndexCache::default())?;
+    let (mut value, _) = load(desc_path)?;
+    fill_digests(&mut value, &name_of(desc_path), cache).map_err(|e| format!("{}: {e}", desc_path.display()))?;
+    Ok(pretty(&value))
+}
+
+/// Fills in every layer's digest, diff_ids and size of a description held as JSON.
+pub fn fill_digests(value: &mut serde_json::Value, name: &str, cache: &DigestCache) -> Result<(), String> {
+    let desc = Description::parse(&serde_json::to_vec(value).unwrap())?;
+    let (_, layers) = prepare(name, desc, &IndexCache::default())?;
     if let Some((i, why)) = layers.iter().enumerate().find_map(|(i, l)| Some((i, l.size_mismatch.as_ref()?))) {
         return Err(format!("layer {i}: {why}"));
     }
@@ -107,11 +114,25 @@ pub fn digest(desc_path: &Path, cache: &DigestCache) -> Result<String, String> {
         v["diff_ids"] = l.desc.diff_id.clone().unwrap_or_else(|| d.clone()).into();
         v["size"] = l.blob.size().into();
     }
+    Ok(())
+}
+
+/// Writes the tar of the one layer of a description held as JSON, read through the same index
+/// the mount serves from.
+pub fn write_layer_tar(value: &serde_json::Value, out: &Path) -> Result<(), String> {
+    let desc = Description::parse(&serde_json::to_vec(value).unwrap())?;
+    let (_, layers) = prepare(&name_of(out), desc, &IndexCache::default())?;
+    let [layer] = &layers[..] else { return Err(format!("{}: one layer expected, not {}", out.display(), layers.len())) };
+    write_blob(layer.blob.as_ref(), None, out)
+}
+
+/// JSON indented with tabs, as nix2container writes it (Go's json.MarshalIndent).
+pub fn pretty(value: &serde_json::Value) -> String {
     let mut out = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"\t"));
-    serde::Serialize::serialize(&value, &mut ser).unwrap();
+    serde::Serialize::serialize(value, &mut ser).unwrap();
     out.push(b'\n');
-    Ok(String::from_utf8(out).unwrap())
+    String::from_utf8(out).unwrap()
 }
 
 /// Hash every layer and compare with the description; Ok(false) when something differs.

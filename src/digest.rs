@@ -4,10 +4,12 @@
 use crate::blob::Blob;
 use crate::description::PathSpec;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
 
 const CHUNK: usize = 256 << 10;
 /// Chunks each reader may run ahead of the hasher: slack for stretches of many small files.
@@ -71,9 +73,11 @@ pub fn sha256_blob(blob: &dyn Blob) -> io::Result<String> {
 
 /// Cached digests of path layers. A key covers the encoder version, each path with its options
 /// and the identity of the store path on disk (device, inode, ctime): a path deleted and made
-/// again gets a new key, so a stale digest is never served.
+/// again gets a new key, so a stale digest is never served. Entries are also kept in memory, so
+/// many images sharing a layer hash it once even when the directory cannot be written.
 pub struct DigestCache {
     dir: Option<PathBuf>,
+    known: Mutex<HashMap<String, (String, u64)>>,
 }
 
 const ENCODER_VERSION: &str = "nixoci-layer-1";
@@ -83,10 +87,10 @@ impl DigestCache {
         if let Some(d) = &dir {
             if let Err(e) = std::fs::create_dir_all(d) {
                 log::warn!("digest cache {} unusable ({e}): digests will not be kept", d.display());
-                return DigestCache { dir: None };
+                return DigestCache { dir: None, known: Mutex::default() };
             }
         }
-        DigestCache { dir }
+        DigestCache { dir, known: Mutex::default() }
     }
 
     pub fn default_dir() -> PathBuf {
@@ -109,6 +113,9 @@ impl DigestCache {
     }
 
     pub fn get(&self, key: &str, size: u64) -> Option<String> {
+        if let Some((digest, sz)) = self.known.lock().unwrap().get(key) {
+            return (*sz == size).then(|| digest.clone());
+        }
         let text = std::fs::read_to_string(self.dir.as_ref()?.join(key)).ok()?;
         let (digest, sz) = text.trim().split_once(' ')?;
         (sz.parse::<u64>().ok()? == size && digest.len() == 71).then(|| digest.to_string())
@@ -116,6 +123,7 @@ impl DigestCache {
 
     /// Written to a temporary file and renamed, so a reader never sees half an entry.
     pub fn put(&self, key: &str, digest: &str, size: u64) {
+        self.known.lock().unwrap().insert(key.to_string(), (digest.to_string(), size));
         let Some(dir) = &self.dir else { return };
         let tmp = dir.join(format!(".{key}.{}", std::process::id()));
         let res = std::fs::write(&tmp, format!("{digest} {size}\n")).and_then(|_| std::fs::rename(&tmp, dir.join(key)));
@@ -153,9 +161,15 @@ mod tests {
         let cache = DigestCache::new(Some(t.path().to_path_buf()));
         let d = sha256_bytes(b"x");
         cache.put("k", &d, 7);
-        assert_eq!(cache.get("k", 7), Some(d));
+        assert_eq!(cache.get("k", 7), Some(d.clone()));
         assert_eq!(cache.get("k", 8), None, "a size that changed means other bytes");
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1, "no temporary file left behind");
+        let again = DigestCache::new(Some(t.path().to_path_buf()));
+        assert_eq!(again.get("k", 7), Some(d.clone()), "read back from disk by a new process");
+        assert_eq!(again.get("k", 8), None);
+        let memory_only = DigestCache::new(None);
+        memory_only.put("k", &d, 7);
+        assert_eq!(memory_only.get("k", 7), Some(d), "kept in memory without a directory");
     }
 
     #[test]

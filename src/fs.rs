@@ -1,7 +1,9 @@
 //! The FUSE adaptor: inodes over the catalog's image trees, read-only.
 //!
-//! Inode 1 is the mount root; an image's node `n` is `serial << 20 | n`, so a changed
+//! Inode 1 is the mount root; an image's node `n` is `serial << 32 | n`, so a changed
 //! description (new serial) gets new inodes and everything under it can be cached for long.
+//! 32 bits of nodes leave room for a view of every file of a large image; 32 bits of serials
+//! for four billion description loads.
 
 use crate::catalog::{Catalog, CatalogImage, Served};
 use crate::digest::hex;
@@ -19,7 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 const ROOT: u64 = 1;
-const NODE_BITS: u32 = 20;
+/// A hidden file at the root (looked up, never listed): `{"NAME": "/resolved/description.json"}`
+/// for every image served, so `nixoci copy` can tell whether this mount serves its image.
+pub const LISTING: &str = ".nixoci-images.json";
+/// Its inode: serial 0 is never an image's.
+const LISTING_INO: u64 = 2;
+const NODE_BITS: u32 = 32;
 /// Names at the top change when descriptions do.
 const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Everything under an image is immutable for the life of its inodes.
@@ -116,15 +123,19 @@ impl Handle {
     }
 }
 
+/// A directory's entries: inode, type and name of each.
+type DirEntries = Vec<(u64, FileType, String)>;
+
 pub struct NixociFs {
     catalog: Arc<Catalog>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirEntries>>>,
     next_fh: AtomicU64,
 }
 
 impl NixociFs {
     pub fn new(catalog: Arc<Catalog>) -> NixociFs {
-        NixociFs { catalog, handles: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
+        NixociFs { catalog, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
     }
 
     fn image(&self, serial: u64) -> Result<Arc<CatalogImage>, Errno> {
@@ -163,7 +174,16 @@ impl NixociFs {
         Some((img, node))
     }
 
+    fn listing(&self) -> Vec<u8> {
+        let names: serde_json::Map<String, serde_json::Value> =
+            self.catalog.names().iter().map(|i| (i.name.clone(), i.source.to_string_lossy().into())).collect();
+        serde_json::to_vec(&names).unwrap()
+    }
+
     fn do_lookup(&self, parent: u64, name: &str) -> Result<(Duration, FileAttr), Errno> {
+        if parent == ROOT && name == LISTING {
+            return Ok((Duration::ZERO, attr(LISTING_INO, FileType::RegularFile, self.listing().len() as u64)));
+        }
         if parent == ROOT {
             let found = self.lookup_top(name).or_else(|| {
                 self.catalog.refresh(Duration::from_millis(200)); // a description just added appears at once
@@ -177,6 +197,30 @@ impl NixociFs {
         let served = self.served(&img)?;
         let node = served.1.lookup(dir, name).ok_or(Errno::ENOENT)?;
         Ok((LONG_TTL, self.node_attr(&served, serial, node)))
+    }
+
+    /// A directory's entries, `.` and `..` first.
+    fn dir_entries(&self, ino: u64) -> Result<DirEntries, Errno> {
+        let mut entries: DirEntries = vec![(ino, FileType::Directory, ".".into()), (ROOT, FileType::Directory, "..".into())];
+        if ino == ROOT {
+            self.catalog.refresh(Duration::from_millis(200));
+            for img in self.catalog.names() {
+                for (name, node) in img.top_names() {
+                    let kind = if node == ARCHIVE { FileType::RegularFile } else { FileType::Directory };
+                    entries.push((inode(img.serial, node), kind, name));
+                }
+            }
+            return Ok(entries);
+        }
+        let (serial, dir) = split(ino);
+        let img = self.image(serial)?;
+        let served = self.served(&img)?;
+        let Some(Node::Dir(children)) = served.1.nodes.get(dir) else { return Err(Errno::ENOTDIR) };
+        for (name, id) in children {
+            let kind = if matches!(served.1.nodes[*id], Node::Dir(_)) { FileType::Directory } else { FileType::RegularFile };
+            entries.push((inode(serial, *id), kind, name.clone()));
+        }
+        Ok(entries)
     }
 
     fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
@@ -213,6 +257,9 @@ impl Filesystem for NixociFs {
         if ino.0 == ROOT {
             return reply.attr(&SHORT_TTL, &attr(ROOT, FileType::Directory, 0));
         }
+        if ino.0 == LISTING_INO {
+            return reply.attr(&Duration::ZERO, &attr(LISTING_INO, FileType::RegularFile, self.listing().len() as u64));
+        }
         let (serial, node) = split(ino.0);
         match self.image(serial).and_then(|img| self.image_attr(&img, node)) {
             Ok(a) => reply.attr(&LONG_TTL, &a),
@@ -220,45 +267,42 @@ impl Filesystem for NixociFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let mut entries: Vec<(u64, FileType, String)> =
-            vec![(ino.0, FileType::Directory, ".".into()), (ROOT, FileType::Directory, "..".into())];
-        if ino.0 == ROOT {
-            if offset == 0 {
-                self.catalog.refresh(Duration::from_millis(200));
+    /// A directory's listing is taken once when it is opened, so paging through it costs no
+    /// more than the page (a root of thousands of images is not listed again for each page)
+    /// and a listing stays consistent while descriptions change.
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir_entries(ino.0) {
+            Ok(l) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dirs.lock().unwrap().insert(fh, Arc::new(l));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
             }
-            for img in self.catalog.names() {
-                for (name, node) in img.top_names() {
-                    let kind = if node == ARCHIVE { FileType::RegularFile } else { FileType::Directory };
-                    entries.push((inode(img.serial, node), kind, name));
-                }
-            }
-        } else {
-            let (serial, dir) = split(ino.0);
-            let listed = self.image(serial).and_then(|img| self.served(&img)).and_then(|served| match &served.1.nodes.get(dir) {
-                Some(Node::Dir(children)) => Ok(children
-                    .iter()
-                    .map(|(name, id)| {
-                        let kind = if matches!(served.1.nodes[*id], Node::Dir(_)) { FileType::Directory } else { FileType::RegularFile };
-                        (inode(serial, *id), kind, name.clone())
-                    })
-                    .collect::<Vec<_>>()),
-                _ => Err(Errno::ENOTDIR),
-            });
-            match listed {
-                Ok(l) => entries.extend(l),
-                Err(e) => return reply.error(e),
-            }
+            Err(e) => reply.error(e),
         }
-        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(entries) = self.dirs.lock().unwrap().get(&fh.0).cloned() else { return reply.error(Errno::EBADF) };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
                 break;
             }
         }
         reply.ok();
     }
 
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if ino.0 == LISTING_INO {
+            // Its size changes with the catalog: direct I/O, so reads are not cut at a cached size.
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            self.handles.lock().unwrap().insert(fh, Arc::new(Handle { blob: Arc::new(self.listing()), verify: None }));
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
         let (serial, node) = split(ino.0);
         let handle = self.image(serial).and_then(|img| self.served(&img)).and_then(|served| match served.1.nodes.get(node) {
             Some(Node::Blob(sb)) => {

@@ -162,7 +162,11 @@ pub fn layer_digests(layers: &[PreparedLayer], cache: &DigestCache) -> Result<Ve
         for _ in 0..workers {
             s.spawn(|| {
                 while let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let started = std::time::Instant::now();
                     let r = sha256_blob(layers[i].blob.as_ref()).map_err(|e| format!("{}: {e}", layers[i].label));
+                    if let Ok(d) = &r {
+                        log::info!("{}: hashed in {:.2?}: {d}", layers[i].label, started.elapsed());
+                    }
                     results.lock().unwrap().push((i, r));
                 }
             });

@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
 use nixoci::commands::{self, Format};
 use nixoci::digest::DigestCache;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Mount Nix image descriptions as OCI image layouts; layer tars are made on read.
@@ -54,6 +55,27 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "NAME [ARGS]... [-- PODMAN-OPTS]")]
         words: Vec<String>,
     },
+    /// skopeo copy of the image to DEST, extra skopeo options after it (the Nix library's
+    /// copyTo* scripts). Reads it from a running mount that serves it, else from a private
+    /// mount for the length of the copy, else (no FUSE) from an exported layout.
+    Copy {
+        description: PathBuf,
+        /// The skopeo to run [default: skopeo in PATH]
+        #[arg(long)]
+        skopeo: Option<PathBuf>,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// DEST (any skopeo destination), then skopeo copy options
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "DEST [OPTIONS]")]
+        args: Vec<OsString>,
+    },
+    /// The builder of the Nix library's derivations: reads the structured attrs of the build
+    /// (closure graphs and layer options) and writes its output (layers.json, the image
+    /// description, the Nix database registration).
+    Plan {
+        /// [default: $NIX_ATTRS_JSON_FILE, else .attrs.json]
+        attrs: Option<PathBuf>,
+    },
 }
 
 fn cache(dir: Option<PathBuf>) -> DigestCache {
@@ -63,7 +85,12 @@ fn cache(dir: Option<PathBuf>) -> DigestCache {
 fn main() {
     let cli = Cli::parse();
     // The daemon tells what it serves; one-shot commands (run inside Nix builds) stay quiet.
-    let level = if matches!(cli.command, Command::Mount { .. }) { "info" } else { "warn" };
+    // copy: a reply the kernel no longer waits for (skopeo stopped mid-read) is no error.
+    let level = match cli.command {
+        Command::Mount { .. } => "info",
+        Command::Copy { .. } => "warn,fuser::reply=off",
+        _ => "warn",
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         Command::Mount { mountpoint, images, cache_dir, threads } => nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads),
@@ -75,6 +102,14 @@ fn main() {
             Ok(false) => std::process::exit(1),
             Err(e) => Err(e),
         },
+        Command::Copy { description, skopeo, cache_dir, args } => {
+            let dir = cache_dir.unwrap_or_else(DigestCache::default_dir);
+            nixoci::copy::run(&description, &args, skopeo, dir).map(|code| std::process::exit(code))
+        }
+        Command::Plan { attrs } => {
+            let attrs = attrs.or_else(|| std::env::var_os("NIX_ATTRS_JSON_FILE").map(PathBuf::from));
+            nixoci::nixbuild::run(&attrs.unwrap_or_else(|| PathBuf::from(".attrs.json")))
+        }
     };
     if let Err(e) = result {
         eprintln!("nixoci: {e}");

@@ -4,12 +4,17 @@ use crate::catalog::Catalog;
 use crate::digest::DigestCache;
 use crate::fs::NixociFs;
 use crate::views::top_names;
-use fuser::{Config, INodeNo, MountOption, SessionACL};
+use fuser::{BackgroundSession, Config, INodeNo, MountOption, SessionACL};
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The daemon's mount source in /proc/self/mountinfo: how `copy` finds running mounts.
+pub const FSNAME: &str = "nixoci";
 
 /// A mount left by a daemon that died answers ENOTCONN: detach it so we can mount again.
 /// Listing the directory asks the daemon (a `stat` may still be answered from the kernel's cache).
@@ -50,11 +55,18 @@ fn raise_readahead(mnt: &Path) {
 }
 
 /// Rescan the images directory when inotify reports a change in it, and every second anyway
-/// (a description's target can change without the directory changing).
+/// (a description's target can change without the directory changing). Files being written
+/// (modified, not closed yet) are told to the catalog, which does not report them meanwhile.
 fn watch(catalog: &Catalog) {
     let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
     let dir = std::ffi::CString::new(catalog.dir().as_os_str().as_encoded_bytes()).unwrap();
-    let mask = libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_ATTRIB;
+    let mask = libc::IN_CREATE
+        | libc::IN_DELETE
+        | libc::IN_MOVED_FROM
+        | libc::IN_MOVED_TO
+        | libc::IN_MODIFY
+        | libc::IN_CLOSE_WRITE
+        | libc::IN_ATTRIB;
     if fd < 0 || unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), mask) } < 0 {
         log::warn!("cannot watch {} ({}); polling it every second", catalog.dir().display(), std::io::Error::last_os_error());
     }
@@ -64,13 +76,43 @@ fn watch(catalog: &Catalog) {
         if fd >= 0 && unsafe { libc::poll(&mut pfd, 1, 1000) } > 0 {
             // Let a burst of events (a file being written, a link being swapped) settle.
             std::thread::sleep(Duration::from_millis(20));
-            while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+            loop {
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+                note_writes(catalog, &buf[..n as usize]);
+            }
             catalog.scan();
         } else {
             if fd < 0 {
                 std::thread::sleep(Duration::from_secs(1));
             }
             catalog.refresh(Duration::from_millis(900));
+        }
+    }
+}
+
+/// Tells the catalog which files the events show opened for writing or done with.
+fn note_writes(catalog: &Catalog, events: &[u8]) {
+    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut at = 0;
+    while at + HEADER <= events.len() {
+        let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(events[at..].as_ptr().cast()) };
+        let name = &events[at + HEADER..at + HEADER + ev.len as usize];
+        at += HEADER + ev.len as usize;
+        if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+            catalog.clear_writing();
+        }
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        if name.is_empty() {
+            continue;
+        }
+        let file = catalog.dir().join(OsStr::from_bytes(name));
+        if ev.mask & libc::IN_MODIFY != 0 {
+            catalog.set_writing(file, true);
+        } else if ev.mask & (libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE) != 0 {
+            catalog.set_writing(file, false);
         }
     }
 }
@@ -87,32 +129,26 @@ fn is_shared_mount(mnt: &Path) -> bool {
     line.is_some_and(|l| l.split(" - ").next().unwrap_or("").split(' ').skip(6).any(|f| f.starts_with("shared:")))
 }
 
-fn signals() -> libc::sigset_t {
+/// The signals that end a mount (and, in `copy`, are passed on to skopeo).
+pub const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+pub fn signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for s in SIGNALS {
             libc::sigaddset(&mut set, s);
         }
         set
     }
 }
 
-pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> Result<(), String> {
-    // Block the signals before any thread starts, so only the wait below receives them.
-    let set = signals();
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if !images.is_dir() {
-        return Err(format!("images directory {} does not exist", images.display()));
-    }
+/// Mounts `catalog` at `mnt`, served by background threads until `unmount`. `fsname` shows as the
+/// mount's source in /proc/self/mountinfo (`nixoci` for the daemon).
+pub fn serve(mnt: &Path, catalog: Arc<Catalog>, threads: usize, fsname: &str) -> Result<BackgroundSession, String> {
     clear_stale_mount(mnt)?;
-    let catalog = Catalog::new(images, cache);
-    let changes = catalog.watch_changes();
-    let watched = catalog.clone();
-    std::thread::spawn(move || watch(&watched));
-
     let mut config = Config::default();
-    config.mount_options = vec![MountOption::RO, MountOption::FSName("nixoci".into()), MountOption::Subtype("nixoci".into())];
+    config.mount_options = vec![MountOption::RO, MountOption::FSName(fsname.into()), MountOption::Subtype("nixoci".into())];
     config.n_threads = Some(threads.max(1));
     config.acl = SessionACL::All;
     // SessionACL::All is the allow_other mount option.
@@ -132,6 +168,21 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
         Err(e) => return Err(format!("cannot mount {}: {e}", mnt.display())),
     };
     raise_readahead(mnt);
+    Ok(session)
+}
+
+pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> Result<(), String> {
+    // Block the signals before any thread starts, so only the wait below receives them.
+    let set = signals();
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if !images.is_dir() {
+        return Err(format!("images directory {} does not exist", images.display()));
+    }
+    let catalog = Catalog::new(images, cache);
+    let changes = catalog.watch_changes();
+    let watched = catalog.clone();
+    std::thread::spawn(move || watch(&watched));
+    let session = serve(mnt, catalog, threads, FSNAME)?;
     if unsafe { libc::geteuid() } != 0 && !is_shared_mount(mnt) {
         log::warn!(
             "{} is not a shared mount (its parent mount is private), so a rootless podman that is already \
@@ -164,9 +215,14 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
             return session.join().map_err(|e| e.to_string());
         }
     }
-    // The session ends when the last copy of the mount is gone, and a mount namespace made while
-    // it was mounted keeps a copy (a rootless podman's pause process does). Do not wait for that:
-    // exiting closes the FUSE device, and the copy there fails with ENOTCONN from then on.
+    unmount(session, mnt)
+}
+
+/// Unmounts and waits for the session's end, but not for long: the session ends when the last
+/// copy of the mount is gone, and a mount namespace made while it was mounted keeps a copy (a
+/// rootless podman's pause process does). Exiting closes the FUSE device, and the copy there
+/// fails with ENOTCONN from then on.
+pub fn unmount(session: BackgroundSession, mnt: &Path) -> Result<(), String> {
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || done.send(session.umount_and_join()));
     match finished.recv_timeout(Duration::from_secs(5)) {

@@ -1,17 +1,21 @@
-//! The Nix library (nix/) and its examples (examples/): layering unit tests evaluated by Nix,
-//! and every example built by Nix, mounted by nixoci and run by podman, asserting what
-//! nix2container's own tests assert. Needs root, /dev/fuse, Nix and podman (scripts/setup).
+//! The Nix library (nix/) and its examples (examples/): everything evaluates with import from
+//! derivation refused; every example is built by Nix, mounted by nixoci and run by podman,
+//! asserting what nix2container's own tests assert; the copyTo* scripts copy to a registry,
+//! podman, a Docker engine and skopeo destinations, with no mount running or through one, and
+//! leave nothing behind. (The layering itself is unit-tested in src/plan.rs.) Needs root,
+//! /dev/fuse, Nix, podman, Docker and a registry (scripts/setup).
 
 mod common;
 
 use common::*;
 use regex::Regex;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Instant;
+use std::ffi::OsStr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// A private copy of the nixoci binary taken once per test run: cargo may rebuild
 /// target/debug/nixoci meanwhile, and the library hashes the binary into every layer
@@ -27,8 +31,12 @@ fn nixoci() -> &'static Path {
     })
 }
 
-fn nix_args(cmd: &mut std::process::Command) -> &mut std::process::Command {
-    cmd.args(["--option", "build-users-group", ""]).arg("--argstr").arg("nixoci").arg(nixoci())
+/// Build as root, refuse import from derivation, and pass this build's nixoci.
+fn nix_args(cmd: &mut Command) -> &mut Command {
+    cmd.args(["--option", "build-users-group", "", "--option", "allow-import-from-derivation", "false"])
+        .arg("--argstr")
+        .arg("nixoci")
+        .arg(nixoci())
 }
 
 /// A directory with a lowercase name: podman names an `oci:` image after its path, and a
@@ -62,16 +70,14 @@ fn build_with(attr: &str, extra: &[&str]) -> PathBuf {
     PathBuf::from(stdout(&out).lines().last().unwrap_or_else(|| panic!("nix-build {attr}: no output")).trim())
 }
 
-/// Evaluates EXPR strictly to JSON; `lib` and `layering` are bound to nix/ and
-/// nix/layering.nix, `examples` to examples/ (import from derivation builds as needed).
+/// `import examples { nixoci = …; }` for -E expressions.
+fn examples() -> String {
+    format!("(import {}/examples {{ nixoci = \"{}\"; }})", repo_dir().display(), nixoci().display())
+}
+
+/// Evaluates EXPR strictly to JSON (import from derivation refused, as everywhere here).
 fn eval(expr: &str) -> Value {
-    let repo = repo_dir();
-    let full = format!(
-        "{{ nixoci }}: let lib = import {r}/nix {{ inherit nixoci; }}; layering = import {r}/nix/layering.nix; \
-         examples = import {r}/examples {{ inherit nixoci; }}; in {expr}",
-        r = repo.display()
-    );
-    let out = run(nix_args(tool("nix-instantiate").args(["--eval", "--strict", "--json", "-E", &full])));
+    let out = run(nix_args(tool("nix-instantiate").args(["--eval", "--strict", "--json", "-E", expr])));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -150,106 +156,59 @@ fn assert_line(out: &str, pattern: &str) {
     assert!(out.lines().any(|l| re.is_match(l)), "no line matches {pattern:?} in:\n{out}");
 }
 
-// ---------------------------------------------------------------- layering (pure Nix)
+// ---------------------------------------------------------------- evaluation: no IFD
 
-const POPULARITY_GRAPH: &str = r#"[
-  { path = "A"; references = [ "A" "B" "G" ]; } { path = "B"; references = [ "B" "C" "E" ]; }
-  { path = "C"; references = [ "C" "D" "E" ]; } { path = "D"; references = [ "D" "F" ]; }
-  { path = "E"; references = [ "E" "F" ]; } { path = "F"; references = [ "F" ]; }
-  { path = "G"; references = [ "G" ]; } ]"#;
-
+/// Every example, its copy scripts and linkToMount instantiate with import from derivation
+/// refused (the layering itself is unit-tested in src/plan.rs).
 #[test]
-fn popularity_matches_nix2container_vector() {
-    let v = eval(&format!("layering.popularityOrder {POPULARITY_GRAPH}"));
-    assert_eq!(v, serde_json::json!(["F", "E", "D", "C", "G", "B", "A"]));
-    let v = eval(&format!("layering.popularityGroups 3 (layering.popularityOrder {POPULARITY_GRAPH})"));
-    assert_eq!(v, serde_json::json!([["F"], ["E"], ["D", "C", "G", "B", "A"]]));
-}
-
-/// Random DAGs (edges only towards lower indexes, self references added) with random sizes.
-fn random_graph(rng: &mut fastrand::Rng, n: usize) -> String {
-    let mut s = String::from("[");
-    for i in 0..n {
-        let mut refs: BTreeSet<usize> = BTreeSet::new();
-        refs.insert(i);
-        if i > 0 {
-            for _ in 0..rng.usize(0..4) {
-                refs.insert(rng.usize(0..i));
-            }
-        }
-        let size = if rng.u8(0..5) == 0 { rng.u64(1_000_000..900_000_000) } else { rng.u64(100..100_000) };
-        let refs: Vec<String> = refs.iter().map(|r| format!("\"p{r:03}\"")).collect();
-        s += &format!(" {{ path = \"p{i:03}\"; narSize = {size}; references = [ {} ]; }}", refs.join(" "));
-    }
-    s + " ]"
-}
-
-#[test]
-fn size_layering_respects_max_layers_and_places_every_path_once() {
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut cases = Vec::new();
-    for n in [1usize, 2, 5, 12, 40, 120] {
-        let graph = random_graph(&mut rng, n);
-        for max in [1usize, 2, 3, 5, 8, 100] {
-            cases.push(format!(
-                "{{ n = {n}; max = {max}; size = layering.sizeGroups {{ graph = g; paths = map (e: e.path) g; maxLayers = {max}; }}; \
-                 pop = layering.popularityGroups {max} (layering.popularityOrder g); }}"
-            ));
-        }
-        let v = eval(&format!("let g = layering.normalizeGraph {{ graph = {graph}; }}; in [ {} ]", cases.join(" ")));
-        for case in v.as_array().unwrap() {
-            let max = case["max"].as_u64().unwrap() as usize;
-            for kind in ["size", "pop"] {
-                let groups = case[kind].as_array().unwrap();
-                assert!(!groups.is_empty() && groups.len() <= max, "{kind}: {} layers for maxLayers {max}: {case}", groups.len());
-                let mut seen = BTreeMap::new();
-                for g in groups {
-                    assert!(!g.as_array().unwrap().is_empty(), "{kind}: empty layer: {case}");
-                    for p in g.as_array().unwrap() {
-                        *seen.entry(p.as_str().unwrap().to_string()).or_insert(0) += 1;
-                    }
-                }
-                assert_eq!(seen.len(), n, "{kind}: not every path placed: {case}");
-                assert!(seen.values().all(|c| *c == 1), "{kind}: a path placed twice: {case}");
-            }
-        }
-        cases.clear();
-    }
-}
-
-#[test]
-fn size_layering_gives_the_largest_paths_their_own_layers() {
-    // app (small) -> python (big) -> libc (medium); app -> busybox (medium); tiny shared lib
-    let v = eval(
-        r#"layering.sizeGroups { maxLayers = 4; paths = [ "app" "python" "libc" "busybox" "tiny" ];
-           graph = [ { path = "app"; narSize = 10; references = [ "python" "busybox" ]; }
-                     { path = "python"; narSize = 600; references = [ "libc" "tiny" ]; }
-                     { path = "libc"; narSize = 30; references = [ ]; }
-                     { path = "busybox"; narSize = 20; references = [ "tiny" ]; }
-                     { path = "tiny"; narSize = 1; references = [ ]; } ]; }"#,
+fn every_example_evaluates_without_import_from_derivation() {
+    let base = nix_build(&repo_dir().join("examples/fixtures.nix"), "busybox"); // any store path
+    let expr = format!(
+        r#"let ex = import {r}/examples {{ nixoci = "{n}"; baseDir = "{b}"; }};
+               passthru = [ "copyToRegistry" "copyToDockerDaemon" "copyToPodman" "copyTo" "linkToMount" "nixDatabase" ];
+               drvs = v: [ v.drvPath ] ++ map (p: v.${{p}}.drvPath) (builtins.filter (p: v ? ${{p}}) passthru);
+           in builtins.mapAttrs (_: drvs) (removeAttrs ex [ "fixtures" "appWith" "basicWith" ])
+              // {{ appWith = drvs (ex.appWith {{ message = "x"; }}); basicWith = drvs (ex.basicWith {{ name = "registry.example/b"; tag = "t"; }}); }}"#,
+        r = repo_dir().display(),
+        n = nixoci().display(),
+        b = base.display()
     );
-    // 4 or 3 seeds need a fifth layer (tiny, shared, apart): 2 seeds (python with tiny, its
-    // own dependency; libc); the spare layer goes to the largest loose path, app on top.
-    assert_eq!(v, serde_json::json!([["python", "tiny"], ["libc"], ["busybox"], ["app"]]), "{v}");
+    let v = eval(&expr);
+    let examples = v.as_object().unwrap();
+    for (name, drvs) in examples {
+        let drvs = drvs.as_array().unwrap();
+        assert!(drvs.iter().all(|d| d.as_str().unwrap().ends_with(".drv")), "{name}: {drvs:?}");
+        // An image has four copy scripts and linkToMount; an image index (multiarch) none.
+        assert!(drvs.len() >= 6 || name == "multiarch", "{name}: the image, four copy scripts, linkToMount: {drvs:?}");
+    }
+    assert_eq!(examples["nix"].as_array().unwrap().len(), 7, "nix has its nixDatabase");
+    // Every example file is in that list.
+    let listed = fs::read_to_string(repo_dir().join("examples/default.nix")).unwrap();
+    for file in fs::read_dir(repo_dir().join("examples")).unwrap() {
+        let f = file.unwrap().file_name().into_string().unwrap();
+        assert!(f == "default.nix" || listed.contains(&format!("./{f}")), "examples/{f} is not in examples/default.nix");
+    }
 }
 
+/// No nixpkgs here: the flake's outputs are evaluated with a stub of the nixpkgs attributes
+/// they use (tests/fixtures/stub-nixpkgs.nix), as far as evaluation goes without building.
 #[test]
-fn nested_layers_are_listed_once_and_never_repeated() {
-    let v = eval("map (u: map (e: e.path) u.nixociEntries) examples.nested.nixociUnits");
-    let units: Vec<Vec<String>> = serde_json::from_value(v).unwrap();
-    let names: Vec<Vec<&str>> = units.iter().map(|u| u.iter().map(|p| name_of(p)).collect()).collect();
-    // the two identical children once, then the middle layer; hello's closure is all below.
-    assert_eq!(names, vec![vec!["greeting"], vec!["busybox", "hello", "root"]], "{units:?}");
-    let all: Vec<&String> = units.iter().flatten().collect();
-    let set: BTreeSet<&String> = all.iter().copied().collect();
-    assert_eq!(all.len(), set.len(), "a path is in two layers: {units:?}");
-}
-
-#[test]
-fn flake_and_library_parse() {
-    for f in ["flake.nix", "nix/default.nix", "nix/layering.nix", "nix/module.nix"] {
+fn flake_outputs_evaluate_with_a_stub_nixpkgs() {
+    for f in ["flake.nix", "nix/default.nix", "nix/module.nix"] {
         run(tool("nix-instantiate").arg("--parse").arg(repo_dir().join(f)).stdout(Stdio::null()));
     }
+    let v = eval(&format!("import {}/tests/fixtures/stub-flake.nix {{ repo = {}; }}", repo_dir().display(), repo_dir().display()));
+    let image = &v["image"];
+    for s in ["copyToRegistry", "copyToDockerDaemon", "copyToPodman", "copyTo"] {
+        assert!(image[s]["drv"].as_str().unwrap().ends_with(".drv"), "{s}: {v}");
+        assert!(image[s]["text"].as_str().unwrap().contains("--skopeo /nix/store/"), "{s} runs nixpkgs' skopeo: {v}");
+        assert!(image[s]["mainProgram"].as_str().unwrap().starts_with("copy-to"), "{s}: nix run finds it: {v}");
+    }
+    assert!(image["copyToRegistry"]["text"].as_str().unwrap().contains("'docker://hello:"), "{v}");
+    assert!(v["app"].as_str().unwrap().ends_with("/bin/nixoci"), "{v}");
+    assert_eq!(v["lib"], serde_json::json!(["buildImage", "buildImageIndex", "buildLayer", "imageFromDir", "mountName"]));
+    assert_eq!(v["module"], true);
+    assert!(v["checks"]["hello-image"].as_str().unwrap().ends_with(".drv"), "{v}");
 }
 
 // ---------------------------------------------------------------- examples, run by podman
@@ -307,11 +266,11 @@ fn size_layered_stays_within_max_layers() {
 fn nested_identical_children_once() {
     let r = start("nested", "nested");
     assert!(r.run(&[]).contains("Hello, world!"));
-    let digests: Vec<&str> = r.image["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
-    let unique: BTreeSet<&&str> = digests.iter().collect();
-    assert_eq!(digests.len(), unique.len(), "{digests:?}");
-    let greeting = layer_paths(&r.image).iter().flatten().filter(|p| name_of(p) == "greeting").count();
-    assert_eq!(greeting, 1);
+    let layers = layer_paths(&r.image);
+    let names: Vec<Vec<&str>> = layers.iter().map(|l| l.iter().map(|p| name_of(p)).collect()).collect();
+    // the two identical children once, then the middle layer; hello's closure is all below it,
+    // and greeting (in the children) is not repeated.
+    assert_eq!(names, vec![vec!["greeting"], vec!["busybox", "hello", "root->/"]]);
     assert_eq!(r.layer_count(), 2);
 }
 
@@ -398,7 +357,7 @@ fn from_image_of_a_skopeo_dir_layout() {
     let base = build("fromImageBase");
     let (_t, tmp) = temp_dir();
     let dir = tmp.join("base-dir");
-    run(std::process::Command::new(nixoci()).args(["export", "--format", "dir"]).arg(&base).arg(&dir));
+    run(Command::new(nixoci()).args(["export", "--format", "dir"]).arg(&base).arg(&dir));
     let stored = stdout(&run(tool("nix-store").arg("--add").arg(&dir))).trim().to_string();
     let r = start_with("fromDir", "from-dir", &["--argstr", "baseDir", &stored]);
     let first = &r.image["layers"][0];
@@ -416,7 +375,7 @@ fn link_to_mount_shows_the_image_at_once() {
     fs::create_dir(&images).unwrap();
     let m = Mount::start(&dir.0.join("mnt"), &images, &dir.0.join("cache"), &dir.0.join("nixoci.log"));
     assert!(!m.mnt.join("basic").exists());
-    run(std::process::Command::new(link.join("bin/link-to-mount")).arg(&images));
+    run(Command::new(link.join("bin/link-to-mount")).arg(&images));
     assert_eq!(fs::read_link(images.join("basic.json")).unwrap(), desc);
     assert!(
         wait_for(std::time::Duration::from_secs(10), || m.mnt.join("basic/index.json").is_file()),
@@ -428,9 +387,11 @@ fn link_to_mount_shows_the_image_at_once() {
 
 // ---------------------------------------------------------------- vectors and benchmark
 
+/// nix2container's layering and bytes: the app image built with `digests = true` (hashed at
+/// build time, as nix2container does) against its JSON in shared/reference.
 #[test]
 fn app_image_matches_vectors() {
-    let ours = read_json(&build("app"));
+    let ours = read_json(&build("appDigests"));
     let reference = read_json(&shared_dir().join("reference/n2c-image-app.json"));
     assert_eq!(layer_paths(&ours), layer_paths(&reference), "layers and their order");
     assert_eq!(ours["image-config"], reference["image-config"]);
@@ -455,29 +416,224 @@ fn app_image_matches_vectors() {
     assert!(compared >= 2, "busybox and app match vectors.md on every machine");
 }
 
+/// After a change of the app script the rebuild makes the script, the config file and the
+/// image description, and hashes nothing; with the digests of the unchanged layers cached (as a
+/// mount or a copy keeps them), only the new top layer is hashed when the image is served.
 #[test]
-fn app_change_rehashes_only_the_top_layer() {
+fn app_change_rebuilds_without_hashing_then_only_the_top_layer_is_hashed() {
     let nonce = format!("{:x}", fastrand::u64(..));
-    let expr = |m: &str| format!("(import {}/examples {{ nixoci = \"{}\"; }}).appWith \"{m}\"", repo_dir().display(), nixoci().display());
-    let build_expr = |m: &str, dry: bool| {
-        let mut c = tool("nix-build");
-        c.args(["--option", "build-users-group", "", "--no-out-link", "-E", &expr(m)]);
-        if dry {
-            c.arg("--dry-run");
-        }
-        run(&mut c)
-    };
-    build_expr(&format!("warm {nonce}"), false);
-    let dry = build_expr(&format!("changed {nonce}"), true);
+    let expr = |m: &str| format!("{}.appWith {{ message = \"{m} {nonce}\"; }}", examples());
+    let warm = build_expr(&expr("warm"), "");
+    let dry = run(nix_args(&mut tool("nix-build")).args(["--no-out-link", "--dry-run", "-E", &expr("changed")]));
     let text = String::from_utf8_lossy(&dry.stderr).to_string();
-    let layers: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("/nix/store/") && l.contains("-layer-")).collect();
-    assert_eq!(layers.len(), 1, "only one layer to re-hash:\n{text}");
-    assert!(layers[0].ends_with("-layer-app.drv"), "{text}");
-    let t = Instant::now();
-    let out = build_expr(&format!("changed {nonce}"), false);
-    eprintln!("BENCH: nix-build of the app image after changing only the app script: {:?}", t.elapsed());
-    let image = read_json(Path::new(stdout(&out).trim()));
+    let mut drvs: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("/nix/store/") && l.ends_with(".drv")).collect();
+    drvs.sort_by_key(|d| name_of(d));
+    let names: Vec<&str> = drvs.iter().map(|d| name_of(d)).collect();
+    assert_eq!(names, ["app.drv", "config.json.drv", "image-app.json.drv"], "{text}");
+    let changed = build_expr(&expr("changed"), "");
+    let image = read_json(&changed);
     assert_eq!(layer_paths(&image).len(), 3);
+    assert!(image["layers"].as_array().unwrap().iter().all(|l| l.get("digest").is_none()), "nothing hashed at build time: {image}");
+    let (_t, cache) = temp_dir();
+    let digest = |desc: &Path| {
+        let out = run(Command::new(nixoci()).arg("digest").arg(desc).arg("--cache-dir").arg(&cache).env("RUST_LOG", "nixoci=info"));
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("hashed in")).map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(digest(&warm).len(), 3, "an empty cache: every layer hashed");
+    let hashed = digest(&changed);
+    let top = image["layers"][2]["paths"][0]["path"].as_str().unwrap();
+    assert!(hashed.len() == 1 && hashed[0].contains(top), "only the app layer is hashed again: {hashed:?}");
+}
+
+/// `nix-build -E EXPR [-A ATTR]`; returns the out path.
+fn build_expr(expr: &str, attr: &str) -> PathBuf {
+    let mut c = tool("nix-build");
+    nix_args(&mut c).args(["--no-out-link", "-E", expr]);
+    if !attr.is_empty() {
+        c.args(["-A", attr]);
+    }
+    PathBuf::from(stdout(&run(c.stderr(Stdio::inherit()))).trim())
+}
+
+// ---------------------------------------------------------------- copyTo* scripts
+
+/// A copyTo* script run as a user would: its own TMPDIR and digest cache, in FreshSkopeo's
+/// namespace (so skopeo's blob-info cache stays private). `finish` asserts that the copy left
+/// no temporary directory and, in the namespace it ran in, no mount.
+struct CopyRun {
+    skopeo: FreshSkopeo,
+    base: PathBuf,
+    tmp: PathBuf,
+    mounts_after: PathBuf,
+    _t: tempfile::TempDir,
+}
+
+impl CopyRun {
+    fn new() -> CopyRun {
+        let (t, base) = temp_dir();
+        let tmp = base.join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        CopyRun { skopeo: FreshSkopeo::new(), tmp, mounts_after: base.join("mounts-after"), base, _t: t }
+    }
+
+    fn cmd<S: AsRef<OsStr>>(&self, program: impl AsRef<OsStr>, args: impl IntoIterator<Item = S>) -> Command {
+        let mut c = self.skopeo.wrap(program, &self.mounts_after);
+        c.args(args).env("TMPDIR", &self.tmp).env("XDG_CACHE_HOME", self.base.join("cache"));
+        c
+    }
+
+    /// Runs it to success; returns its stderr.
+    fn run(&self, cmd: &mut Command) -> String {
+        let out = run(cmd);
+        self.finish();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn finish(&self) {
+        let left: Vec<_> = fs::read_dir(&self.tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+        let mounts = fs::read_to_string(&self.mounts_after).expect("the wrapper shell wrote the mount table");
+        let tmp = self.tmp.to_str().unwrap();
+        assert!(!mounts.contains(tmp), "a mount is left under {tmp}:\n{mounts}");
+        assert!(!mount_points().iter().any(|p| p.starts_with(&self.tmp)));
+    }
+}
+
+/// `bin/NAME` of a copy script of EXPR (an image expression).
+fn script(expr: &str, attr: &str) -> PathBuf {
+    let name = match attr {
+        "copyToRegistry" => "copy-to-registry",
+        "copyToDockerDaemon" => "copy-to-docker-daemon",
+        "copyToPodman" => "copy-to-podman",
+        _ => "copy-to",
+    };
+    build_expr(expr, attr).join("bin").join(name)
+}
+
+/// The config and layer digests of a description as nixoci serves it (an exported layout).
+fn served_id(desc: &Path) -> ImageId {
+    let (_t, dir) = temp_dir();
+    run(Command::new(nixoci()).arg("export").arg(desc).arg(dir.join("layout")));
+    oci_image_id(&dir.join("layout"))
+}
+
+#[test]
+fn copy_to_registry_and_copy_to_push_what_pulls_back_the_same() {
+    let reg = Registry::start();
+    let expr = format!("{}.basicWith {{ name = \"127.0.0.1:{}/basic\"; tag = \"v1\"; }}", examples(), reg.port);
+    let want = served_id(&build_expr(&expr, ""));
+    let c = CopyRun::new();
+    let err = c.run(&mut c.cmd(script(&expr, "copyToRegistry"), ["--dest-tls-verify=false"]));
+    assert!(err.contains("reading the image from a private mount"), "{err}");
+    c.run(&mut c.cmd(script(&expr, "copyTo"), [reg.reference("again:v2").as_str(), "--dest-tls-verify=false"]));
+    for r in ["basic:v1", "again:v2"] {
+        let (_t, out) = temp_dir();
+        let dest = format!("dir:{}", out.join("pulled").display());
+        run(c.skopeo.cmd().args(["copy", "--quiet", "--src-tls-verify=false", &reg.reference(r), &dest]));
+        verify_dir_copy(&out.join("pulled"), &want, true);
+    }
+}
+
+#[test]
+fn copy_to_podman_then_podman_runs_it() {
+    let expr = format!("{}.basicWith {{ name = \"nixoci-podman\"; tag = \"v1\"; }}", examples());
+    let p = Podman::new();
+    let conf = p.storage_conf();
+    let c = CopyRun::new();
+    c.run(c.cmd(script(&expr, "copyToPodman"), None::<&str>).env("CONTAINERS_STORAGE_CONF", &conf));
+    let podman = |args: &[&str]| stdout(&run(p.cmd().env("CONTAINERS_STORAGE_CONF", &conf).args(args)));
+    let images = podman(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let image = images.lines().find(|l| l.ends_with("nixoci-podman:v1")).unwrap_or_else(|| panic!("podman images: {images}"));
+    assert!(podman(&["run", "--rm", image]).contains("Hello, world!"));
+}
+
+#[test]
+fn copy_to_docker_daemon_then_docker_runs_it() {
+    let expr = format!("{}.basicWith {{ name = \"nixoci-docker\"; tag = \"v1\"; }}", examples());
+    let d = Docker::start();
+    let c = CopyRun::new();
+    // DOCKER_HOST, as the docker client takes it (nixoci passes it on to skopeo).
+    c.run(c.cmd(script(&expr, "copyToDockerDaemon"), None::<&str>).env("DOCKER_HOST", format!("unix://{}", d.socket.display())));
+    let out = stdout(&d.run(["run", "--rm", "--network", "none", "nixoci-docker:v1"]));
+    assert!(out.contains("Hello, world!"), "{out}");
+}
+
+#[test]
+fn copy_stopped_by_sigint_halfway_leaves_nothing_behind() {
+    let c = CopyRun::new();
+    let (_t, dest) = temp_dir();
+    let out = dest.join("out");
+    let child = c
+        .cmd(script(&examples(), "app.copyTo"), [format!("dir:{}", out.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The wrapper shell's child is nixoci (the script execs it); skopeo is nixoci's child.
+    let shell = child.id();
+    let copying = wait_for(Duration::from_secs(120), || fs::read_dir(&out).is_ok_and(|d| d.count() > 1));
+    let nixoci_pid: i32 = fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap().trim().parse().unwrap();
+    assert!(copying, "skopeo never started writing {}", out.display());
+    unsafe { libc::kill(nixoci_pid, libc::SIGINT) };
+    let result = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(130), "exit status after SIGINT: {err}");
+    assert!(err.contains("stopping skopeo and cleaning up"), "{err}");
+    c.finish();
+    let tmp = c.tmp.to_str().unwrap();
+    for p in fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&cmdline).contains(tmp), "still running: {}", String::from_utf8_lossy(&cmdline));
+    }
+}
+
+#[test]
+fn copy_uses_a_running_mount_that_serves_the_image() {
+    let desc = build("basic");
+    let m = Mount::new(&[("basic.json", &desc)]);
+    let listing = read_json(&m.mnt.join(".nixoci-images.json"));
+    assert_eq!(listing, serde_json::json!({"basic": desc}));
+    let c = CopyRun::new();
+    let (_t, out) = temp_dir();
+    let err = c.run(&mut c.cmd(script(&examples(), "basic.copyTo"), [format!("dir:{}", out.join("copy").display())]));
+    assert!(err.contains(&format!("reading the image from the running mount: {}/basic", m.mnt.display())), "{err}");
+    verify_dir_copy(&out.join("copy"), &oci_image_id(&m.mnt.join("basic")), true);
+}
+
+#[test]
+fn copy_without_fuse_says_so_in_one_line_and_exports_instead() {
+    // As nobody, /dev/fuse covered by a root-only file in the copy's namespace: no permission,
+    // whatever mode this machine's /dev/fuse has.
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let c = CopyRun::new();
+    fs::set_permissions(&c.base, fs::Permissions::from_mode(0o755)).unwrap();
+    let home = c.base.join("home");
+    fs::create_dir(&home).unwrap();
+    let guard = c.base.join("fuse");
+    fs::write(&guard, "").unwrap();
+    fs::set_permissions(&guard, fs::Permissions::from_mode(0o600)).unwrap();
+    for d in [&home, &c.tmp] {
+        chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let desc = build("basic");
+    let err = c.run(
+        c.cmd(
+            "sh",
+            [
+                OsStr::new("-c"),
+                OsStr::new("mount --bind \"$0\" /dev/fuse && exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\""),
+                guard.as_os_str(),
+                script(&examples(), "basic.copyTo").as_os_str(),
+                OsStr::new(&format!("dir:{}", home.join("copy").display())),
+            ],
+        )
+        .env("HOME", &home)
+        .env("XDG_CACHE_HOME", home.join(".cache")),
+    );
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("FUSE")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(said[0].contains("no permission to use /dev/fuse") && said[0].contains("exporting"), "{err}");
+    verify_dir_copy(&home.join("copy"), &served_id(&desc), true);
 }
 
 // ---------------------------------------------------------------- multi-platform images
@@ -491,7 +647,7 @@ fn build_image_index_needs_no_import_from_derivation() {
          lib.buildImageIndex {{ name = \"pair\"; tag = \"t1\"; images = [ f.busybox-image f.busybox-arm64-image ]; }}",
         r = repo_dir().display()
     );
-    let out = run(nix_args(tool("nix-build").args(["--option", "allow-import-from-derivation", "false", "--no-out-link", "-E", &expr]))
+    let out = run(nix_args(tool("nix-build").args(["--no-out-link", "-E", &expr]))
         .stderr(Stdio::inherit()));
     let index = read_json(Path::new(stdout(&out).trim()));
     let images = [fixture("busybox-image"), fixture("busybox-arm64-image")].map(|p| p.display().to_string());

@@ -40,11 +40,14 @@ fn fits_octal(width: usize, x: u64) -> bool {
     width >= 22 || x < 1u64 << ((width - 1) * 3)
 }
 
+/// Zero-padded octal digits and a NUL (all zeros when `x` does not fit).
 fn put_octal(field: &mut [u8], x: u64) {
-    let x = if fits_octal(field.len(), x) { x } else { 0 };
+    let mut x = if fits_octal(field.len(), x) { x } else { 0 };
     let digits = field.len() - 1;
-    let s = format!("{x:0digits$o}");
-    field[..digits].copy_from_slice(s.as_bytes());
+    for d in field[..digits].iter_mut().rev() {
+        *d = b'0' + (x & 7) as u8;
+        x >>= 3;
+    }
     field[digits] = 0;
 }
 

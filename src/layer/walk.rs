@@ -2,22 +2,22 @@
 //! is `lstat`ed (symlinks are never followed), renamed by the path's rewrite, given the perms
 //! rules, merged by tar name (collisions checked, the later path wins), missing ancestors are
 //! added as 0755 directories, and the whole is ordered depth-first with children sorted bytewise.
+//!
+//! Directories are read on a small thread pool (one `readdir` and an `lstat` per child each);
+//! each path is then walked in name order from those listings. A path without a rewrite comes out
+//! in tar order by itself and is streamed; a rewritten one is collected and sorted. The paths'
+//! streams are merged by name into the compact entry list of `super::Entry`.
 
 use super::tar::{self, Kind};
-use super::{Arena, Entry, Span};
+use super::{Arena, Entry, Owner, Source, NO_PARENT};
 use crate::description::PathSpec;
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::BinaryHeap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
-
-struct Walked {
-    entry: Entry,
-    /// `st_mode` of the source (type and permission bits) for collision checks; 0 when synthesised.
-    st_mode: u32,
-    spec: usize,
-}
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Condvar, Mutex};
 
 /// Tar order: bytewise, but '/' sorts before every other byte, so `a`, `a/b`, `a-b`.
 fn tar_order(a: &[u8], b: &[u8]) -> Ordering {
@@ -33,98 +33,243 @@ fn parent(name: &[u8]) -> Option<&[u8]> {
     }
 }
 
-struct Walker<'a> {
-    specs: &'a [PathSpec],
-    arena: Arena,
-    root: Span,
-    out: Vec<Walked>,
+/// Whether `name` lies under the directory named `dir`.
+fn is_under(name: &[u8], dir: &[u8]) -> bool {
+    name.len() > dir.len() && name.starts_with(dir) && (dir == b"/" || name[dir.len()] == b'/')
 }
 
-impl Walker<'_> {
-    /// Record `src` and, for a directory, its children in name order (like Go's filepath.Walk).
-    fn visit(&mut self, si: usize, src: &mut Vec<u8>, md: std::fs::Metadata) -> Result<(), String> {
-        self.record(si, src, &md)?;
-        if !md.is_dir() {
-            return Ok(());
-        }
-        let shown = |e: std::io::Error, src: &[u8]| format!("cannot list '{}': {e}", String::from_utf8_lossy(src));
-        let mut children = std::fs::read_dir(OsStr::from_bytes(src))
-            .map_err(|e| shown(e, src))?
-            .map(|d| d.and_then(|d| Ok((d.file_name().into_vec(), d.metadata()?))))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| shown(e, src))?;
-        children.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, md) in children {
-            let len = src.len();
-            src.push(b'/');
-            src.extend_from_slice(&name);
-            self.visit(si, src, md)?;
-            src.truncate(len);
-        }
-        Ok(())
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+// ---- Reading the store ------------------------------------------------------------------------
+
+/// What `lstat` (and `readlink`) tell about one file.
+struct Stat {
+    st_mode: u32,
+    size: u64,
+    link: Vec<u8>,
+}
+
+impl Stat {
+    fn of(path: &[u8], md: &std::fs::Metadata) -> Result<Stat, String> {
+        let link = if md.file_type().is_symlink() {
+            let t = std::fs::read_link(OsStr::from_bytes(path)).map_err(|e| format!("cannot read link '{}': {e}", lossy(path)))?;
+            t.into_os_string().into_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Stat { st_mode: md.mode(), size: md.len(), link })
+    }
+}
+
+/// A directory to read: its listing id and path.
+type DirJob = (u32, Vec<u8>);
+
+/// One directory's children, sorted by name; names and link targets live in `bytes`.
+struct Listing {
+    bytes: Vec<u8>,
+    children: Vec<Child>,
+}
+
+struct Child {
+    name: (u32, u32),
+    link: (u32, u32),
+    st_mode: u32,
+    size: u64,
+    /// The child's own listing when it is a directory, else `NO_PARENT`.
+    dir: u32,
+}
+
+impl Listing {
+    fn str(&self, (start, end): (u32, u32)) -> &[u8] {
+        &self.bytes[start as usize..end as usize]
     }
 
-    fn record(&mut self, si: usize, src: &[u8], md: &std::fs::Metadata) -> Result<(), String> {
-        let spec = &self.specs[si];
-        let shown = || String::from_utf8_lossy(src).into_owned();
-        let renamed = match &spec.rewrite {
-            Some((re, repl)) => re.replace_all(src, repl.as_slice()).into_owned(),
-            None => src.to_vec(),
-        };
-        if renamed.is_empty() {
-            return Ok(()); // the rewritten root itself: nix2container skips it
+    /// Lists `path`, giving each subdirectory a listing id (from `next_id`) to be read later.
+    fn read(path: &[u8], next_id: &AtomicU32) -> Result<(Listing, Vec<DirJob>), String> {
+        let shown = |e: std::io::Error| format!("cannot list '{}': {e}", lossy(path));
+        let mut l = Listing { bytes: Vec::new(), children: Vec::new() };
+        let mut child_path = path.to_vec();
+        child_path.push(b'/');
+        for d in std::fs::read_dir(OsStr::from_bytes(path)).map_err(shown)? {
+            let d = d.map_err(shown)?;
+            let md = d.metadata().map_err(shown)?;
+            let name = d.file_name().into_vec();
+            child_path.truncate(path.len() + 1);
+            child_path.extend_from_slice(&name);
+            let stat = Stat::of(&child_path, &md)?;
+            let start = l.bytes.len() as u32;
+            l.bytes.extend_from_slice(&name);
+            let mid = l.bytes.len() as u32;
+            l.bytes.extend_from_slice(&stat.link);
+            let end = u32::try_from(l.bytes.len()).map_err(|_| format!("'{}': directory listing over 4 GiB", lossy(path)))?;
+            l.children.push(Child { name: (start, mid), link: (mid, end), st_mode: stat.st_mode, size: stat.size, dir: NO_PARENT });
         }
-        let name = tar::clean(&renamed);
+        l.children.sort_unstable_by(|a, b| l.bytes[a.name.0 as usize..a.name.1 as usize].cmp(&l.bytes[b.name.0 as usize..b.name.1 as usize]));
+        let mut subdirs = Vec::new();
+        for c in &mut l.children {
+            if c.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                c.dir = next_id.fetch_add(1, Relaxed);
+                child_path.truncate(path.len() + 1);
+                child_path.extend_from_slice(&l.bytes[c.name.0 as usize..c.name.1 as usize]);
+                subdirs.push((c.dir, child_path.clone()));
+            }
+        }
+        l.bytes.shrink_to_fit();
+        Ok((l, subdirs))
+    }
+}
+
+/// Reads every directory under `roots` (listing ids 0, 1, … in order) on a few threads; the
+/// listings by id.
+fn read_dirs(roots: Vec<Vec<u8>>) -> Result<Vec<Option<Listing>>, String> {
+    struct Pool {
+        todo: Vec<DirJob>,
+        busy: usize,
+        done: Vec<(u32, Listing)>,
+        failed: Option<String>,
+    }
+    let next_id = AtomicU32::new(roots.len() as u32);
+    let todo = roots.into_iter().enumerate().map(|(i, p)| (i as u32, p)).collect();
+    let pool = Mutex::new(Pool { todo, busy: 0, done: Vec::new(), failed: None });
+    let wake = Condvar::new();
+    // Reading is mostly system calls: a thread or two beyond the cores keeps them all busy.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4) + 1;
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let (id, path) = {
+                    let mut p = pool.lock().unwrap();
+                    loop {
+                        if p.failed.is_some() {
+                            return;
+                        }
+                        if let Some(job) = p.todo.pop() {
+                            p.busy += 1;
+                            break job;
+                        }
+                        if p.busy == 0 {
+                            return;
+                        }
+                        p = wake.wait(p).unwrap();
+                    }
+                };
+                let res = Listing::read(&path, &next_id);
+                let mut p = pool.lock().unwrap();
+                p.busy -= 1;
+                match res {
+                    Ok((listing, subdirs)) => {
+                        p.done.push((id, listing));
+                        p.todo.extend(subdirs);
+                    }
+                    Err(e) => {
+                        p.failed.get_or_insert(e);
+                    }
+                }
+                wake.notify_all();
+            });
+        }
+    });
+    let p = pool.into_inner().unwrap();
+    if let Some(e) = p.failed {
+        return Err(e);
+    }
+    let mut listings: Vec<Option<Listing>> = (0..next_id.into_inner()).map(|_| None).collect();
+    for (id, l) in p.done {
+        listings[id as usize] = Some(l);
+    }
+    Ok(listings)
+}
+
+// ---- One path's entries ---------------------------------------------------------------------
+
+/// A walked file as it goes into the layer.
+struct Item {
+    /// The tar name (cleaned, rewritten).
+    name: Vec<u8>,
+    /// The store path, when the rewrite made the name differ from it.
+    src: Option<Vec<u8>>,
+    link: Vec<u8>,
+    kind: Kind,
+    mode: u32,
+    owner: u16,
+    size: u64,
+    /// `st_mode` of the source (type and permission bits), for collision checks.
+    st_mode: u32,
+    spec: usize,
+}
+
+/// What the runs share while they are walked.
+struct Ctx<'a> {
+    specs: &'a [PathSpec],
+    listings: Vec<Option<Listing>>,
+    owners: Vec<Owner>,
+}
+
+impl Ctx<'_> {
+    /// The layer entry for store file `src` of path `si`; None for a path rewritten to nothing.
+    fn item(&mut self, si: usize, src: &[u8], stat: &Stat) -> Result<Option<Item>, String> {
+        let spec = &self.specs[si];
+        let (name, src) = match &spec.rewrite {
+            Some((re, repl)) => {
+                let renamed = re.replace_all(src, repl.as_slice());
+                if renamed.is_empty() {
+                    return Ok(None); // the rewritten root itself: nix2container skips it
+                }
+                (tar::clean(&renamed), Some(src.to_vec()))
+            }
+            None => (src.to_vec(), None), // store paths are clean already
+        };
+        let src_bytes = src.as_deref().unwrap_or(&name);
         let base = name.rsplit(|&b| b == b'/').next().unwrap_or(&[]);
         if base.starts_with(b".wh.") {
-            return Err(format!("'{}' would be read as a whiteout by container runtimes", shown()));
+            return Err(format!("'{}' would be read as a whiteout by container runtimes", lossy(src_bytes)));
         }
-        let ft = md.file_type();
-        let (kind, size, link) = if ft.is_dir() {
-            (Kind::Dir, 0, Vec::new())
-        } else if ft.is_file() {
-            (Kind::File, md.len(), Vec::new())
-        } else if ft.is_symlink() {
-            let t = std::fs::read_link(OsStr::from_bytes(src)).map_err(|e| format!("cannot read link '{}': {e}", shown()))?;
-            (Kind::Symlink, 0, t.into_os_string().into_vec())
-        } else {
-            return Err(format!("'{}' is a device, FIFO or socket: not allowed in a layer", shown()));
+        let (kind, size) = match stat.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => (Kind::Dir, 0),
+            libc::S_IFREG => (Kind::File, stat.size),
+            libc::S_IFLNK => (Kind::Symlink, 0),
+            _ => return Err(format!("'{}' is a device, FIFO or socket: not allowed in a layer", lossy(src_bytes))),
         };
-        let mut mode = if kind == Kind::Symlink { 0o777 } else { md.mode() & 0o7777 };
-        let (mut uid, mut gid, mut uname, mut gname) = (0, 0, self.root, self.root);
-        for p in spec.perms.iter().filter(|p| p.regex.is_match(src)) {
-            (uid, gid) = (p.uid, p.gid);
-            if let Some(u) = &p.uname {
-                uname = self.arena.push(u.as_bytes());
+        let mut mode = if kind == Kind::Symlink { 0o777 } else { stat.st_mode & 0o7777 };
+        let mut owner = 0;
+        if !spec.perms.is_empty() {
+            let mut o = Owner::root();
+            for p in spec.perms.iter().filter(|p| p.regex.is_match(src_bytes)) {
+                (o.uid, o.gid) = (p.uid, p.gid);
+                if let Some(u) = &p.uname {
+                    o.uname = u.as_bytes().to_vec();
+                }
+                if let Some(g) = &p.gname {
+                    o.gname = g.as_bytes().to_vec();
+                }
+                if let Some(m) = p.mode {
+                    mode = m;
+                }
             }
-            if let Some(g) = &p.gname {
-                gname = self.arena.push(g.as_bytes());
-            }
-            if let Some(m) = p.mode {
-                mode = m;
-            }
+            owner = match self.owners.iter().position(|x| *x == o) {
+                Some(i) => i,
+                None => {
+                    self.owners.push(o);
+                    self.owners.len() - 1
+                }
+            };
         }
-        let name_span = self.arena.push(&name);
-        let src_span = match kind {
-            Kind::File if name == src => name_span,
-            Kind::File => self.arena.push(src),
-            _ => Span::default(),
-        };
-        let link = self.arena.push(&link);
-        let entry = Entry { offset: 0, size, name: name_span, src: src_span, link, uname, gname, uid, gid, mode, hdr_len: 0, kind };
-        self.out.push(Walked { entry, st_mode: md.mode(), spec: si });
-        Ok(())
+        let owner = u16::try_from(owner).map_err(|_| "more than 65,536 distinct owners in one layer".to_string())?;
+        let link = if kind == Kind::Symlink { stat.link.clone() } else { Vec::new() };
+        Ok(Some(Item { name, src, link, kind, mode, owner, size, st_mode: stat.st_mode, spec: si }))
     }
 
     /// nix2container's collision rules: same type and mode, same size for files, same perms.
-    fn check_collision(&self, old: &Walked, new: &Walked) -> Result<(), String> {
-        let name = String::from_utf8_lossy(self.arena.get(new.entry.name));
+    fn check_collision(&self, old: &Item, new: &Item) -> Result<(), String> {
+        let name = lossy(&new.name);
         let (a, b) = (&self.specs[old.spec].path, &self.specs[new.spec].path);
         if old.st_mode != new.st_mode {
             return Err(format!("'{name}' comes from {a} and {b} with different modes ({:o} and {:o})", old.st_mode, new.st_mode));
         }
-        if old.entry.kind == Kind::File && old.entry.size != new.entry.size {
-            return Err(format!("'{name}' comes from {a} and {b} with different sizes ({} and {})", old.entry.size, new.entry.size));
+        if old.kind == Kind::File && old.size != new.size {
+            return Err(format!("'{name}' comes from {a} and {b} with different sizes ({} and {})", old.size, new.size));
         }
         // nix2container only compares when the earlier path had perms rules.
         let (was, now) = (&self.specs[old.spec].perms, &self.specs[new.spec].perms);
@@ -135,86 +280,279 @@ impl Walker<'_> {
     }
 }
 
-/// The entries of a layer in stream order, with their strings; offsets and header lengths unset.
-pub fn walk(specs: &[PathSpec]) -> Result<(Vec<Entry>, Arena), String> {
-    let mut arena = Arena::default();
-    let root = arena.push(b"root");
-    let mut w = Walker { specs, arena, root, out: Vec::new() };
-    for si in 0..specs.len() {
-        let path = &specs[si].path;
-        let md = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
-        w.visit(si, &mut path.as_bytes().to_vec(), md)?;
-    }
-    let mut walked = std::mem::take(&mut w.out);
-    // Stable: entries with the same name stay in walk order, so the later path wins.
-    // A path walked without rewrites already comes in tar order: check before sorting.
-    let order = |x: &Walked, y: &Walked| tar_order(w.arena.get(x.entry.name), w.arena.get(y.entry.name));
-    if !walked.is_sorted_by(|x, y| order(x, y) != Ordering::Greater) {
-        walked.sort_by(order);
-    }
-    let mut merged: Vec<Walked> = Vec::with_capacity(walked.len());
-    for item in walked {
-        match merged.last_mut() {
-            Some(last) if w.arena.get(last.entry.name) == w.arena.get(item.entry.name) => {
-                w.check_collision(last, &item)?;
-                *last = item;
-            }
-            _ => merged.push(item),
-        }
-    }
-    let entries: Vec<Entry> = merged.into_iter().map(|m| m.entry).collect();
+/// One path's entries in walk order (like Go's filepath.Walk: a directory, then its children
+/// in name order), made from the listings as they are needed and dropping each when done.
+struct TreeRun {
+    si: usize,
+    root: Option<(Vec<u8>, Stat, Option<u32>)>,
+    src: Vec<u8>,
+    /// Open directories: listing, next child, length of its path in `src`.
+    stack: Vec<(Listing, usize, usize)>,
+}
 
-    // Ancestors nobody walked (`/`, `/nix`, `/nix/store`, …) become plain 0755 directories.
-    let missing = {
-        let known: HashSet<&[u8]> = entries.iter().map(|e| w.arena.get(e.name)).collect();
-        let mut missing: Vec<Vec<u8>> = Vec::new();
-        let mut added: HashSet<&[u8]> = HashSet::new();
-        for e in &entries {
-            let mut p = parent(w.arena.get(e.name));
-            while let Some(dir) = p.filter(|d| !known.contains(d) && !added.contains(d)) {
-                added.insert(dir);
-                missing.push(dir.to_vec());
-                p = parent(dir);
+impl TreeRun {
+    fn next(&mut self, ctx: &mut Ctx) -> Result<Option<Item>, String> {
+        loop {
+            let (stat, dir) = if let Some((path, stat, dir)) = self.root.take() {
+                self.src = path;
+                (stat, dir)
+            } else {
+                let Some((listing, next, dir_len)) = self.stack.last_mut() else { return Ok(None) };
+                let Some(c) = listing.children.get(*next) else {
+                    self.stack.pop();
+                    continue;
+                };
+                *next += 1;
+                self.src.truncate(*dir_len);
+                self.src.push(b'/');
+                self.src.extend_from_slice(listing.str(c.name));
+                let stat = Stat { st_mode: c.st_mode, size: c.size, link: listing.str(c.link).to_vec() };
+                (stat, (c.dir != NO_PARENT).then_some(c.dir))
+            };
+            let item = ctx.item(self.si, &self.src, &stat)?;
+            if let Some(id) = dir {
+                let listing = ctx.listings[id as usize].take().expect("every directory is listed once");
+                self.stack.push((listing, 0, self.src.len()));
+            }
+            if item.is_some() {
+                return Ok(item);
             }
         }
-        missing
-    };
-    let mut synthesised: Vec<Entry> = missing
-        .into_iter()
-        .map(|dir| Entry {
-            offset: 0,
-            size: 0,
-            name: w.arena.push(&dir),
-            src: Span::default(),
-            link: Span::default(),
-            uname: root,
-            gname: root,
-            uid: 0,
-            gid: 0,
-            mode: 0o755,
-            hdr_len: 0,
-            kind: Kind::Dir,
-        })
-        .collect();
-    let order = |x: &Entry, y: &Entry| tar_order(w.arena.get(x.name), w.arena.get(y.name));
-    synthesised.sort_by(order);
-    // Merge the two sorted lists (the ancestors are few; the walked entries many).
-    let mut all = Vec::with_capacity(entries.len() + synthesised.len());
-    let mut rest = entries.into_iter().peekable();
-    for s in synthesised {
-        while let Some(e) = rest.next_if(|e| order(e, &s) == Ordering::Less) {
-            all.push(e);
-        }
-        all.push(s);
     }
-    all.extend(rest);
-    let entries = all;
-    Ok((entries, w.arena))
+}
+
+enum Run {
+    /// Already in tar order: streamed.
+    Tree(TreeRun),
+    /// Rewritten: collected and sorted.
+    Sorted(std::vec::IntoIter<Item>),
+}
+
+impl Run {
+    fn next(&mut self, ctx: &mut Ctx) -> Result<Option<Item>, String> {
+        match self {
+            Run::Tree(t) => t.next(ctx),
+            Run::Sorted(items) => Ok(items.next()),
+        }
+    }
+}
+
+/// A run's next item, ordered for a min-heap by name and then by run (earlier paths first, so
+/// the later one wins a collision).
+struct Head {
+    item: Item,
+    run: usize,
+}
+
+impl Ord for Head {
+    fn cmp(&self, o: &Self) -> Ordering {
+        tar_order(&o.item.name, &self.item.name).then(o.run.cmp(&self.run))
+    }
+}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl PartialEq for Head {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Head {}
+
+// ---- The entry list ---------------------------------------------------------------------------
+
+/// A layer's entries as `walk` returns them.
+#[derive(Default)]
+pub(crate) struct Walked {
+    pub entries: Vec<Entry>,
+    pub arena: Arena,
+    pub owners: Vec<Owner>,
+    /// Where the last entry ends, in blocks (the trailer follows).
+    pub end_block: u64,
+}
+
+/// An entry whose descendants may still come.
+struct Open {
+    index: u32,
+    /// Length of its name: a prefix of `Builder::name`.
+    name_len: usize,
+    /// Its source within `Builder::src`.
+    src: Option<(usize, usize)>,
+}
+
+/// Appends entries in tar order: parent links from the open ancestors, missing ancestors added.
+struct Builder {
+    out: Walked,
+    /// The name of the innermost open entry.
+    name: Vec<u8>,
+    /// Sources of the open entries, one after another.
+    src: Vec<u8>,
+    open: Vec<Open>,
+}
+
+impl Builder {
+    fn close(&mut self) {
+        let o = self.open.pop().unwrap();
+        let end = self.out.entries.len() as u64;
+        let e = &mut self.out.entries[o.index as usize];
+        if e.kind() == Kind::Dir {
+            e.data = end;
+        }
+        if let Some((start, _)) = o.src {
+            self.src.truncate(start);
+        }
+        self.name.truncate(self.open.last().map_or(0, |p| p.name_len));
+    }
+
+    fn push(&mut self, item: &Item, owners: &[Owner]) -> Result<(), String> {
+        while self.open.last().is_some_and(|o| !is_under(&item.name, &self.name[..o.name_len])) {
+            self.close();
+        }
+        // Ancestors nobody walked (`/`, `/nix`, `/nix/store`, …) become plain 0755 directories.
+        let open_len = self.open.last().map(|o| o.name_len);
+        let mut missing = Vec::new();
+        let mut p = parent(&item.name);
+        while let Some(dir) = p.filter(|d| open_len.is_none_or(|n| d.len() > n)) {
+            missing.push(dir.len());
+            p = parent(dir);
+        }
+        for &len in missing.iter().rev() {
+            self.add(&item.name[..len], None, owners)?;
+        }
+        self.add(&item.name, Some(item), owners)
+    }
+
+    /// Appends the entry `name`: walked from the store, or (None) a synthesised directory.
+    fn add(&mut self, name: &[u8], walked: Option<&Item>, owners: &[Owner]) -> Result<(), String> {
+        let (kind, mode, owner, size, link, src) = match walked {
+            Some(i) => (i.kind, i.mode, i.owner, i.size, &i.link[..], Some(i.src.as_deref().unwrap_or(&i.name))),
+            None => (Kind::Dir, 0o755, 0, 0, &b""[..], None),
+        };
+        let index = u32::try_from(self.out.entries.len()).ok().filter(|&i| i != NO_PARENT).ok_or("more than 4 billion entries in one layer")?;
+        let parent = self.open.last();
+        let base = match parent {
+            Some(p) if &name[..p.name_len] == b"/" => &name[1..],
+            Some(p) => &name[p.name_len + 1..],
+            None => name,
+        };
+        let parent_src = parent.and_then(|p| p.src).map(|(s, e)| &self.src[s..e]);
+        let rule = match src {
+            None => Source::None,
+            Some(s) if s == name => Source::Name,
+            Some(s) if parent_src.is_some_and(|ps| s.len() == ps.len() + 1 + base.len() && s.starts_with(ps) && s[ps.len()] == b'/' && s.ends_with(base)) => Source::Parent,
+            Some(_) => Source::Stored,
+        };
+        let record = u32::try_from(self.out.arena.len()).map_err(|_| "layer names exceed 4 GiB".to_string())?;
+        self.out.arena.push(base);
+        if kind == Kind::Symlink {
+            self.out.arena.push(link);
+        }
+        if let (Source::Stored, Some(s)) = (rule, src) {
+            self.out.arena.push(s);
+        }
+        let o = &owners[owner as usize];
+        let header = tar::Header { name, kind, link, mode, uid: o.uid as u64, gid: o.gid as u64, uname: &o.uname, gname: &o.gname, size, mtime: 1 };
+        let block = self.out.end_block as u32; // `finish` refuses a layer whose end does not fit
+        self.out.end_block += (header.encoded_len() + tar::padded(size)) / tar::BLOCK;
+        let kind_bits = match kind {
+            Kind::Dir => 0,
+            Kind::File => 1,
+            Kind::Symlink => 2,
+        };
+        let bits = mode as u16 & 0o7777 | kind_bits << 12 | (rule as u16) << 14;
+        let parent = parent.map_or(NO_PARENT, |p| p.index);
+        self.out.entries.push(Entry { block, parent, record, bits, owner, data: size });
+        let src = src.map(|s| {
+            let start = self.src.len();
+            self.src.extend_from_slice(s);
+            (start, self.src.len())
+        });
+        self.name.clear();
+        self.name.extend_from_slice(name);
+        self.open.push(Open { index, name_len: name.len(), src });
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Walked, String> {
+        while !self.open.is_empty() {
+            self.close();
+        }
+        if u32::try_from(self.out.end_block).is_err() {
+            return Err("layer larger than 2 TiB".into());
+        }
+        self.out.entries.shrink_to_fit();
+        self.out.arena.shrink();
+        Ok(self.out)
+    }
+}
+
+/// The entries of a layer in stream order, with their strings, owners and offsets.
+pub(crate) fn walk(specs: &[PathSpec]) -> Result<Walked, String> {
+    let mut roots = Vec::new();
+    let mut runs = Vec::new();
+    for (si, spec) in specs.iter().enumerate() {
+        let path = spec.path.as_bytes();
+        let md = std::fs::symlink_metadata(&spec.path).map_err(|e| format!("cannot read '{}': {e}", spec.path))?;
+        let dir = md.is_dir().then(|| {
+            roots.push(path.to_vec());
+            roots.len() as u32 - 1
+        });
+        let root = Some((path.to_vec(), Stat::of(path, &md)?, dir));
+        runs.push(TreeRun { si, root, src: Vec::new(), stack: Vec::new() });
+    }
+    let mut ctx = Ctx { specs, listings: read_dirs(roots)?, owners: vec![Owner::root()] };
+    let mut runs = runs
+        .into_iter()
+        .map(|mut t| {
+            if specs[t.si].rewrite.is_none() {
+                return Ok(Run::Tree(t));
+            }
+            let mut items = Vec::new();
+            while let Some(item) = t.next(&mut ctx)? {
+                items.push(item);
+            }
+            // Stable: entries with the same name stay in walk order, so the later one wins.
+            if !items.is_sorted_by(|x, y| tar_order(&x.name, &y.name) != Ordering::Greater) {
+                items.sort_by(|x, y| tar_order(&x.name, &y.name));
+            }
+            Ok(Run::Sorted(items.into_iter()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+
+    let mut heap = BinaryHeap::new();
+    let mut refill = |run: usize, heap: &mut BinaryHeap<Head>, ctx: &mut Ctx| -> Result<(), String> {
+        if let Some(item) = runs[run].next(ctx)? {
+            heap.push(Head { item, run });
+        }
+        Ok(())
+    };
+    for run in 0..specs.len() {
+        refill(run, &mut heap, &mut ctx)?;
+    }
+    let mut b = Builder { out: Walked::default(), name: Vec::new(), src: Vec::new(), open: Vec::new() };
+    while let Some(Head { mut item, run }) = heap.pop() {
+        refill(run, &mut heap, &mut ctx)?;
+        while heap.peek().is_some_and(|h| h.item.name == item.name) {
+            let Head { item: later, run } = heap.pop().unwrap();
+            refill(run, &mut heap, &mut ctx)?;
+            ctx.check_collision(&item, &later)?;
+            item = later;
+        }
+        b.push(&item, &ctx.owners)?;
+    }
+    b.out.owners = ctx.owners;
+    b.finish()
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    pub fn parent_of(name: &[u8]) -> Option<&[u8]> {
+        parent(name)
+    }
 
     #[test]
     fn order_puts_children_before_siblings_with_higher_bytes() {
@@ -230,5 +568,15 @@ mod tests {
         assert_eq!(parent(b"/"), None);
         assert_eq!(parent(b"../data"), Some(&b".."[..]));
         assert_eq!(parent(b".."), None);
+    }
+
+    #[test]
+    fn under() {
+        assert!(is_under(b"/a", b"/"));
+        assert!(is_under(b"/a/b", b"/a"));
+        assert!(!is_under(b"/ab", b"/a"));
+        assert!(!is_under(b"/a", b"/a"));
+        assert!(is_under(b"../d", b".."));
+        assert!(!is_under(b"..", b"/"));
     }
 }

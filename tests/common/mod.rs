@@ -73,11 +73,13 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `nix-build EXPR -A ATTR`, building as root (no nixbld users needed); returns the out path.
+/// `nix-build EXPR -A ATTR`, building as root (no nixbld users needed), import from derivation
+/// refused; returns the out path.
 pub fn nix_build(expr: &Path, attr: &str) -> PathBuf {
     let out = run(tool("nix-build")
         .arg(expr)
         .args(["-A", attr, "--no-out-link", "--option", "build-users-group", ""])
+        .args(["--option", "allow-import-from-derivation", "false"])
         .stderr(Stdio::inherit()));
     let text = stdout(&out);
     let line = text.lines().last().unwrap_or_else(|| panic!("nix-build {attr} printed nothing"));
@@ -369,6 +371,19 @@ impl Podman {
     /// Runs podman with `args`; panics with its output on failure.
     pub fn run<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Output {
         run(self.cmd().args(args))
+    }
+
+    /// A storage.conf naming this storage (podman's default driver), for tools that take no
+    /// --root, such as skopeo's `containers-storage:` (point CONTAINERS_STORAGE_CONF at it).
+    pub fn storage_conf(&self) -> PathBuf {
+        let conf = self.root.join("storage.conf");
+        let text = format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            self.root.join("root").display(),
+            self.root.join("run").display()
+        );
+        fs::write(&conf, text).unwrap();
+        conf
     }
 }
 
@@ -772,6 +787,19 @@ impl FreshSkopeo {
         fs::create_dir(&cache).unwrap();
         fs::create_dir_all("/var/lib/containers/cache").unwrap();
         FreshSkopeo { cache, _tmp: tmp }
+    }
+
+    /// `program ARGS` inside the private namespace (e.g. a script that runs skopeo), as the child
+    /// of a shell that, once it has ended, writes the namespace's /proc/self/mountinfo to
+    /// `mounts_after`: what the program left mounted there. Exits with the program's status.
+    pub fn wrap(&self, program: impl AsRef<OsStr>, mounts_after: &Path) -> Command {
+        let mut c = tool("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind \"$0\" /var/lib/containers/cache || exit 99; m=$1; shift; \"$@\"; rc=$?; cat /proc/self/mountinfo > \"$m\"; exit $rc")
+            .arg(&self.cache)
+            .arg(mounts_after)
+            .arg(program);
+        c
     }
 
     /// `skopeo ARGS` inside the private namespace.
