@@ -5,6 +5,7 @@
 //! `annotations`, Volumes tmpfs mounts. The rest is `runc spec`'s defaults, with a read-only root
 //! and no terminal so a script can run it.
 
+use crate::platform::Platform;
 use serde_json::{json, Map, Value};
 
 /// runc's default PATH (`runc spec`), added when the image sets none: runc looks up a relative
@@ -14,8 +15,7 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 /// What the conversion reads besides the image's `config` section.
 pub struct Image<'a> {
     pub config: &'a Map<String, Value>,
-    pub os: &'a str,
-    pub arch: &'a str,
+    pub platform: &'a Platform,
     pub created: Option<&'a str>,
 }
 
@@ -153,8 +153,9 @@ fn default_mounts() -> Value {
 /// The runtime config of a bundle whose root filesystem is `rootfs`, read only.
 pub fn runtime_config(hostname: &str, image: &Image, read: &dyn Fn(&str) -> Option<Vec<u8>>) -> Result<Value, String> {
     let c = image.config;
-    if image.os != "linux" {
-        return Err(format!("os '{}': only linux images run here", image.os));
+    let p = image.platform;
+    if p.os != "linux" {
+        return Err(format!("os '{}': only linux images run here", p.os));
     }
     let (mut args, cmd) = command(c, None)?;
     args.extend(cmd);
@@ -174,8 +175,11 @@ pub fn runtime_config(hostname: &str, image: &Image, read: &dyn Fn(&str) -> Opti
     };
 
     let mut annotations = Map::new();
-    annotations.insert("org.opencontainers.image.os".into(), json!(image.os));
-    annotations.insert("org.opencontainers.image.architecture".into(), json!(image.arch));
+    annotations.insert("org.opencontainers.image.os".into(), json!(p.os));
+    annotations.insert("org.opencontainers.image.architecture".into(), json!(p.arch));
+    if let Some(v) = &p.variant {
+        annotations.insert("org.opencontainers.image.variant".into(), json!(v));
+    }
     if let Some(created) = image.created {
         annotations.insert("org.opencontainers.image.created".into(), json!(created));
     }
@@ -264,7 +268,8 @@ mod tests {
 
     fn convert(c: Value, read: &dyn Fn(&str) -> Option<Vec<u8>>) -> Result<Value, String> {
         let c = config(c);
-        runtime_config("img", &Image { config: &c, os: "linux", arch: "amd64", created: Some("2024-05-13T09:31:10Z") }, read)
+        let p = Platform::new("linux", "arm64", "v8").unwrap();
+        runtime_config("img", &Image { config: &c, platform: &p, created: Some("2024-05-13T09:31:10Z") }, read)
     }
 
     #[test]
@@ -338,7 +343,7 @@ mod tests {
         assert_eq!(
             rc["annotations"],
             json!({"org.opencontainers.image.os": "linux", "org.opencontainers.image.architecture": "mine",
-                   "org.opencontainers.image.created": "2024-05-13T09:31:10Z", "org.opencontainers.image.stopSignal": "SIGINT",
+                   "org.opencontainers.image.variant": "v8", "org.opencontainers.image.created": "2024-05-13T09:31:10Z", "org.opencontainers.image.stopSignal": "SIGINT",
                    "org.opencontainers.image.exposedPorts": "80/tcp,53/udp", "a": "b"})
         );
     }
@@ -355,7 +360,8 @@ mod tests {
     #[test]
     fn only_linux_runs() {
         let c = config(json!({"Cmd": ["x"]}));
-        let err = runtime_config("img", &Image { config: &c, os: "windows", arch: "amd64", created: None }, &none).unwrap_err();
+        let p = Platform::new("windows", "amd64", "").unwrap();
+        let err = runtime_config("img", &Image { config: &c, platform: &p, created: None }, &none).unwrap_err();
         assert!(err.contains("windows"), "{err}");
     }
 }

@@ -14,8 +14,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve every description in --images as NAME/ (OCI layout), NAME.dir/ (skopeo dir:) and
-    /// NAME.tar (docker-archive) under MOUNTPOINT, until SIGINT or SIGTERM.
+    /// Serve every description in --images as NAME/ (OCI layout), NAME.dir/ (skopeo dir:),
+    /// NAME.tar (docker-archive), NAME.rootfs/ (its root filesystem) and NAME.bundle/ (an OCI
+    /// runtime bundle) under MOUNTPOINT, until SIGINT or SIGTERM.
     Mount {
         mountpoint: PathBuf,
         /// Directory of descriptions: files or symlinks named NAME or NAME.json
@@ -27,6 +28,10 @@ enum Command {
         /// FUSE worker threads
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Read NAME.rootfs files in the daemon instead of letting the kernel read their store
+        /// files directly (FUSE passthrough)
+        #[arg(long)]
+        no_passthrough: bool,
     },
     /// Write an image as real files, read through the same code the mount serves from.
     Export {
@@ -93,7 +98,9 @@ fn main() {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
-        Command::Mount { mountpoint, images, cache_dir, threads } => nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads),
+        Command::Mount { mountpoint, images, cache_dir, threads, no_passthrough } => {
+            nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads, !no_passthrough)
+        }
         Command::Export { description, out, format, cache_dir } => commands::export(&description, &out, format, &cache(cache_dir)),
         Command::Digest { description, cache_dir } => commands::digest(&description, &cache(cache_dir)).map(|s| print!("{s}")),
         Command::Run { mount, words } => nixoci::run::run(mount, &words),

@@ -4,9 +4,10 @@
 //! Entrypoint applied as `podman run IMAGE` would apply them. ARGS replace Cmd.
 
 use crate::conversion;
+use crate::image::INDEX_TYPE;
+use crate::platform::Platform;
 use serde_json::{Map, Value};
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -19,40 +20,9 @@ pub fn split_command_line(words: &[String]) -> Result<(&str, &[String], &[String
     })
 }
 
-/// Undo mountinfo's octal escapes (`\040` for a space, …).
-fn unescape(field: &str) -> PathBuf {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
-            Some(c) => {
-                out.push(c);
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(OsString::from_vec(out))
-}
-
-/// The mount points of nixoci mounts listed in a mountinfo text (file system type `fuse.nixoci`).
-pub fn nixoci_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter(|l| l.split_once(" - ").is_some_and(|(_, fs)| fs.split(' ').next() == Some("fuse.nixoci")))
-        .filter_map(|l| l.split(' ').nth(4).map(unescape))
-        .collect()
-}
-
 /// The one nixoci mount of this machine, when `--mount` is not given.
 fn find_mount() -> Result<PathBuf, String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    let mut mounts = nixoci_mounts(&info);
+    let mut mounts = crate::mount::running_mounts();
     match mounts.len() {
         1 => Ok(mounts.remove(0)),
         0 => Err("no nixoci mount is running: start `nixoci mount MNT --images DIR`, or give --mount MNT".into()),
@@ -76,7 +46,18 @@ fn image_config(layout: &Path) -> Result<Map<String, Value>, String> {
         read_json(&layout.join("blobs/sha256").join(hex))
     };
     let index = read_json(&layout.join("index.json"))?;
-    let manifest = blob(&index["manifests"][0]["digest"])?;
+    let mut manifest = blob(&index["manifests"][0]["digest"])?;
+    if manifest["mediaType"] == INDEX_TYPE {
+        // An image index: the image for this machine, as NAME.rootfs holds it.
+        let host = Platform::host();
+        let str_of = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let ours = manifest["manifests"].as_array().into_iter().flatten().find(|m| {
+            let p = &m["platform"];
+            Platform::new(&str_of(&p["os"]), &str_of(&p["architecture"]), &str_of(&p["variant"])).is_ok_and(|p| p.same_as(&host))
+        });
+        let ours = ours.ok_or_else(|| format!("{}: the image index has no image for this machine ({host})", layout.display()))?;
+        manifest = blob(&ours["digest"])?;
+    }
     let config = blob(&manifest["config"]["digest"])?;
     match config.get("config") {
         Some(Value::Object(c)) => Ok(c.clone()),
@@ -152,14 +133,6 @@ mod tests {
         let w = words(&["hello"]);
         assert_eq!(split_command_line(&w).unwrap(), ("hello", &[][..], &[][..]));
         assert!(split_command_line(&[]).is_err());
-    }
-
-    #[test]
-    fn finds_nixoci_mounts_by_file_system_type() {
-        let info = "36 25 0:32 / /mnt/a\\040b rw,nosuid,nodev,relatime shared:1 - fuse.nixoci nixoci ro,user_id=0\n\
-                    37 25 0:33 / /mnt/other rw,relatime - fuse.sshfs host: rw\n\
-                    38 25 0:34 / /srv/images ro,relatime - fuse.nixoci nixoci ro\n";
-        assert_eq!(nixoci_mounts(info), [PathBuf::from("/mnt/a b"), PathBuf::from("/srv/images")]);
     }
 
     fn strs(v: &[OsString]) -> Vec<&str> {
