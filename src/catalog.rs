@@ -308,7 +308,7 @@ impl Catalog {
         st.retired.retain(|(at, img)| {
             let keep = now.duration_since(*at) < RETIRED_FOR || img.lookups.load(Ordering::Relaxed) > 0;
             if !keep {
-                log::info!("image {}: the replaced version (inodes {}) is no longer in use", img.name, img.serial);
+                log::info!("image {}: the replaced version (serial {}) is no longer in use", img.name, img.serial);
             }
             keep
         });

@@ -35,6 +35,9 @@ const NODE_BITS: u32 = 32;
 const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Everything under an image is immutable for the life of its inodes.
 const LONG_TTL: Duration = Duration::from_secs(3600);
+/// Smaller files are read by the daemon and kept in the page cache even with passthrough: their
+/// cost is the open, and registering a file with the kernel makes it dearer.
+const PASSTHROUGH_MIN: u64 = 64 << 10;
 /// Out-of-order reads kept while verifying a blob, before giving up on verifying that open.
 const MAX_PENDING: usize = 16 << 20;
 
@@ -302,7 +305,8 @@ impl NixociFs {
                 return reply.error(Errno::EIO);
             }
         };
-        let backing = opened.file.filter(|_| self.passthrough.load(Ordering::Relaxed)).and_then(|file| {
+        let passthrough = self.passthrough.load(Ordering::Relaxed) && opened.blob.size() >= PASSTHROUGH_MIN;
+        let backing = opened.file.filter(|_| passthrough).and_then(|file| {
             let mut ids = self.backing.lock().unwrap();
             if let Some(id) = ids.get(&ino).and_then(Weak::upgrade) {
                 return Some(id);

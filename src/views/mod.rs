@@ -164,8 +164,7 @@ impl FileViews {
                 return FileViews::default();
             }
         };
-        let p = &desc.platform;
-        let image = conversion::Image { config: &desc.image_config, platform: p, created: desc.created.as_deref() };
+        let image = conversion::Image { config: &desc.image_config, platform: &desc.platform, created: desc.created.as_deref() };
         let bundle = bundle::Bundle::new(name, &image, rootfs.clone())
             .map_err(|e| log::warn!("image {name}: no {name}.bundle: {e}"))
             .ok()
