@@ -2,10 +2,11 @@
 //! Everything that can be checked without reading the store is checked here, so a bad
 //! description is refused with one message naming the problem.
 
+use crate::goregex::{GoRegex, Rewrite};
 use crate::platform::Platform;
-use regex::bytes::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::path::{Component, Path, PathBuf};
 
 pub const STORE_DIR: &str = "/nix/store";
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -123,13 +124,13 @@ pub enum LayerSource {
 #[derive(Debug, Clone)]
 pub struct PathSpec {
     pub path: String,
-    pub rewrite: Option<(Regex, Vec<u8>)>,
+    pub rewrite: Option<Rewrite>,
     pub perms: Vec<Perm>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Perm {
-    pub regex: Regex,
+    pub regex: GoRegex,
     pub mode: Option<u32>,
     pub uid: u32,
     pub gid: u32,
@@ -145,14 +146,15 @@ impl PartialEq for Perm {
 }
 
 impl PathSpec {
-    /// A canonical text of what decides this path's bytes, for cache keys.
+    /// A canonical text of what decides this path's bytes, for cache keys. Regexes are marked
+    /// `go-` since they took Go's meaning: digests cached before then are not reused.
     pub fn identity(&self) -> String {
         let mut s = format!("{}\0", self.path);
-        if let Some((re, repl)) = &self.rewrite {
-            s += &format!("rewrite {}\0{}\0", re.as_str(), String::from_utf8_lossy(repl));
+        if let Some(rw) = &self.rewrite {
+            s += &format!("go-rewrite {}\0{}\0", rw.regex.as_str(), rw.repl());
         }
         for p in &self.perms {
-            s += &format!("perm {}\0{:?} {} {} {:?} {:?}\0", p.regex.as_str(), p.mode, p.uid, p.gid, p.uname, p.gname);
+            s += &format!("go-perm {}\0{:?} {} {} {:?} {:?}\0", p.regex.as_str(), p.mode, p.uid, p.gid, p.uname, p.gname);
         }
         s
     }
@@ -180,24 +182,21 @@ pub fn parse_tag(tag: Option<String>) -> Result<String, String> {
     Ok(tag)
 }
 
-/// Paths must name something in the store: absolute, under the store directory, no `.`/`..`
-/// components, no empty components, no NUL.
+/// Paths must name something in the store: absolute, under the store directory once empty and
+/// `.` components are dropped (nix2container walks `/nix/store/x/` and `/nix/store/x/./bin`
+/// too), no `..` component, no NUL.
 pub fn check_store_path(p: &str) -> Result<(), String> {
-    let rest = p
-        .strip_prefix(STORE_DIR)
-        .and_then(|r| r.strip_prefix('/'))
-        .ok_or_else(|| format!("path '{p}' is outside the store ({STORE_DIR})"))?;
     if p.contains('\0') {
         return Err(format!("path '{p}' contains a NUL byte"));
     }
-    if rest.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err(format!("path '{p}' is not a clean store path (empty, '.' or '..' component)"));
+    let parts: Vec<Component> = Path::new(p).components().collect();
+    if parts.contains(&Component::ParentDir) {
+        return Err(format!("path '{p}' is not a clean store path (a '..' component)"));
     }
-    Ok(())
-}
-
-fn compile(re: &str, what: &str) -> Result<Regex, String> {
-    Regex::new(re).map_err(|e| format!("{what}: regex '{re}' does not compile: {e}"))
+    match parts.iter().collect::<PathBuf>().strip_prefix(STORE_DIR) {
+        Ok(rest) if rest.components().next().is_some() => Ok(()),
+        _ => Err(format!("path '{p}' is outside the store ({STORE_DIR})")),
+    }
 }
 
 fn parse_mode(mode: &str, what: &str) -> Result<Option<u32>, String> {
@@ -214,7 +213,7 @@ fn parse_path(raw: RawPath, what: &str) -> Result<PathSpec, String> {
     check_store_path(&raw.path).map_err(|e| format!("{what}: {e}"))?;
     let opts = raw.options.unwrap_or_default();
     let rewrite = match opts.rewrite {
-        Some(r) if !r.regex.is_empty() => Some((compile(&r.regex, what)?, r.repl.into_bytes())),
+        Some(r) if !r.regex.is_empty() => Some(Rewrite::new(&r.regex, &r.repl).map_err(|e| format!("{what}: rewrite {e}"))?),
         _ => None,
     };
     let perms = opts
@@ -223,7 +222,7 @@ fn parse_path(raw: RawPath, what: &str) -> Result<PathSpec, String> {
         .into_iter()
         .map(|p| {
             Ok(Perm {
-                regex: compile(&p.regex, what)?,
+                regex: GoRegex::new(&p.regex).map_err(|e| format!("{what}: perms regex '{}' {e}", p.regex))?,
                 mode: parse_mode(&p.mode, what)?,
                 uid: p.uid,
                 gid: p.gid,
@@ -326,6 +325,16 @@ mod tests {
     }
 
     #[test]
+    fn accepts_the_path_spellings_nix2container_walks() {
+        for p in ["/nix/store/a-x/", "/nix/store/a-x/./bin", "/nix/store/./a-x", "/nix//store/a-x//bin/."] {
+            assert_eq!(check_store_path(p), Ok(()), "{p}");
+        }
+        for p in ["/nix/store/", "/nix/store/.", "/nix/store/a-x/../b", "nix/store/a-x", "/nix/storex/a"] {
+            assert!(check_store_path(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
     fn refuses_bad_input_with_a_reason() {
         assert!(err("{").contains("malformed JSON"));
         assert!(err(r#"{"version":2}"#).contains("version 2"));
@@ -333,7 +342,7 @@ mod tests {
         assert!(err(r#"{"version":1,"layers":[{"paths":[{"path":"/nix/store/../etc"}]}]}"#).contains("'..'"));
         assert!(err(r#"{"version":1,"layers":[{"paths":[{"path":"/nix/storex"}]}]}"#).contains("outside the store"));
         assert!(err(r#"{"version":1,"layers":[{"paths":[{"path":"/nix/store/a","options":{"rewrite":{"regex":"(","repl":""}}}]}]}"#)
-            .contains("does not compile"));
+            .contains("layer 0: rewrite regex '(' is refused by Go's regexp"));
         assert!(err(r#"{"version":1,"layers":[{"paths":[{"path":"/nix/store/a","options":{"perms":[{"regex":".","mode":"9"}]}}]}]}"#)
             .contains("octal"));
         assert!(err(r#"{"version":1,"layers":[{"digest":"sha256:xyz"}]}"#).contains("digest"));

@@ -7,7 +7,7 @@ use crate::digest::{sha256_blob, sha256_bytes, DigestCache};
 use crate::layer::LayerIndex;
 use serde_json::{json, Value};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -95,12 +95,16 @@ impl IndexCache {
     }
 }
 
-/// A listed path must not lead out of the store through a symlinked directory on its way
-/// (the last component may be a symlink: it is then served as one, never followed).
+/// A listed path must not lead out of the store through a symlinked directory on its way. Its
+/// last component may be a symlink, served as one and never followed, unless a '/' or '/.' is
+/// spelled after it: then the walk follows it (as nix2container's does), so it must resolve
+/// inside the store too.
 fn check_inside_store(path: &str) -> Result<(), String> {
-    let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
+    let clean: PathBuf = Path::new(path).components().collect();
+    let followed = matches!(path.rsplit('/').next(), Some("" | "."));
+    let walked = if followed { clean.as_path() } else { clean.parent().unwrap_or(Path::new("/")) };
     let real = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("cannot read '{}': {e}", p.display()));
-    if !real(parent)?.starts_with(real(Path::new(STORE_DIR))?) {
+    if !real(walked)?.starts_with(real(Path::new(STORE_DIR))?) {
         return Err(format!("'{path}' leads out of {STORE_DIR} through a symlink"));
     }
     Ok(())

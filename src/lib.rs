@@ -9,6 +9,7 @@ pub mod description;
 pub mod digest;
 pub mod entry;
 pub mod fs;
+pub mod goregex;
 pub mod image;
 pub mod image_index;
 pub mod layer;

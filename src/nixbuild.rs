@@ -193,7 +193,7 @@ fn build_image(graph: &[GraphEntry], a: &ImageArgs, out: &Path) -> Result<Value,
     let db = a.nix_database.as_ref().map(|db| PathItem {
         path: db.path.clone(),
         options: Some(PathOptions {
-            rewrite: Rewrite { regex: format!("^{}", db.path), repl: String::new() },
+            rewrite: Rewrite::to_root(&db.path),
             perms: vec![Perm { regex: ".*".into(), mode: "0755".into(), uid: db.uid, gid: db.gid, uname: String::new(), gname: String::new() }],
         }),
     });

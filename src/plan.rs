@@ -27,6 +27,23 @@ pub struct Rewrite {
     pub repl: String,
 }
 
+impl Rewrite {
+    /// Moves `path`'s contents to `/` (copyToRoot). The regex is `^PATH` as nix2container writes
+    /// it, except that `+` and `?`, which store names may hold, are escaped: unescaped, Go reads
+    /// `gtk+-3` as a repetition, and the path would silently stay where it is (`.` is left as
+    /// it is: it matches itself, so the JSON stays nix2container's for every other path).
+    pub fn to_root(path: &str) -> Rewrite {
+        let mut regex = String::from("^");
+        for c in path.chars() {
+            if matches!(c, '+' | '?') {
+                regex.push('\\');
+            }
+            regex.push(c);
+        }
+        Rewrite { regex, repl: String::new() }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Perm {
     pub regex: String,
@@ -194,7 +211,7 @@ pub fn items(graph: &[GraphEntry], opts: &PlanOptions, nested: &[PathItem]) -> R
 
 fn item(path: String, opts: &PlanOptions) -> PathItem {
     let perms: Vec<Perm> = opts.perms.iter().filter(|p| p.path == path).map(|p| p.perm.clone()).collect();
-    let rewrite = opts.copy_to_root.contains(&path).then(|| Rewrite { regex: format!("^{path}"), repl: String::new() });
+    let rewrite = opts.copy_to_root.contains(&path).then(|| Rewrite::to_root(&path));
     let options = (rewrite.is_some() || !perms.is_empty()).then(|| PathOptions { rewrite: rewrite.unwrap_or_default(), perms });
     PathItem { path, options }
 }
@@ -318,6 +335,17 @@ pub fn registration(present: &BTreeSet<String>, graph: &[GraphEntry]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_to_root_moves_store_names_with_regex_characters() {
+        for name in ["/nix/store/aaa-busybox-1.35", "/nix/store/aaa-gtk+-3.24", "/nix/store/aaa-libsigc++-2.12", "/nix/store/aaa-x?y"] {
+            let rw = Rewrite::to_root(name);
+            let go = crate::goregex::Rewrite::new(&rw.regex, &rw.repl).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(&*go.apply(name.as_bytes()), b"", "{name}");
+            assert_eq!(&*go.apply(format!("{name}/bin/sh").as_bytes()), b"/bin/sh", "{name}");
+        }
+        assert_eq!(Rewrite::to_root("/nix/store/aaa-busybox-1.35").regex, "^/nix/store/aaa-busybox-1.35", "nix2container's regex where it works");
+    }
 
     fn graph(spec: &[(&str, &[&str], u64)]) -> Vec<GraphEntry> {
         spec.iter()

@@ -3,11 +3,13 @@
 //! every header byte against Go's `archive/tar` rules); 8 GiB files (sparse); collisions and
 //! whiteouts; random ranges against the sequential bytes.
 
+mod common;
+
 use nixoci::blob::{read_all, Blob};
 use nixoci::description::{Perm, PathSpec};
 use nixoci::digest::{sha256_blob, sha256_bytes};
 use nixoci::layer::LayerIndex;
-use regex::bytes::Regex;
+use nixoci::goregex::{GoRegex, Rewrite};
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -20,7 +22,7 @@ fn chmod(p: &Path, mode: u32) {
 /// A path walked from `root` but named as nix2container's Go tests name it (`../data/...`).
 fn relative_spec(root: &Path, sub: &str, perms: Vec<Perm>) -> PathSpec {
     let prefix = format!("^{}/", regex::escape(root.to_str().unwrap()));
-    PathSpec { path: format!("{}/{sub}", root.display()), rewrite: Some((Regex::new(&prefix).unwrap(), b"../".to_vec())), perms }
+    PathSpec { path: format!("{}/{sub}", root.display()), rewrite: Some(Rewrite::new(&prefix, "../").unwrap()), perms }
 }
 
 fn layer(specs: &[PathSpec]) -> (LayerIndex, String) {
@@ -81,7 +83,7 @@ fn vector_test_new_layers() {
 #[test]
 fn vector_test_perms() {
     let t = layer1_fixture(0o644, 0o755);
-    let perm = Perm { regex: Regex::new(".*file1").unwrap(), mode: Some(0o641), uid: 0, gid: 0, uname: None, gname: None };
+    let perm = Perm { regex: GoRegex::new(".*file1").unwrap(), mode: Some(0o641), uid: 0, gid: 0, uname: None, gname: None };
     let (idx, d) = layer(&[relative_spec(t.path(), "data/layer1/file1", vec![perm])]);
     assert_eq!(idx.size(), 3072);
     assert_eq!(d, "sha256:adf74a52f9e1bcd7dab77193455fa06743b979cf5955148010e5becedba4f72d");
@@ -112,13 +114,13 @@ fn plain(path: &Path, perms: Vec<Perm>) -> PathSpec {
 
 /// copyToRoot style: the path's contents land at `/`.
 fn to_root(path: &Path, perms: Vec<Perm>) -> PathSpec {
-    let re = Regex::new(&format!("^{}", regex::escape(path.to_str().unwrap()))).unwrap();
-    PathSpec { rewrite: Some((re, Vec::new())), ..plain(path, perms) }
+    let rw = Rewrite::new(&format!("^{}", regex::escape(path.to_str().unwrap())), "").unwrap();
+    PathSpec { rewrite: Some(rw), ..plain(path, perms) }
 }
 
 fn perm(regex: &str, mode: Option<u32>, ids: (u32, u32), uname: Option<&str>, gname: Option<&str>) -> Perm {
     let (uid, gid) = ids;
-    Perm { regex: Regex::new(regex).unwrap(), mode, uid, gid, uname: uname.map(Into::into), gname: gname.map(Into::into) }
+    Perm { regex: GoRegex::new(regex).unwrap(), mode, uid, gid, uname: uname.map(Into::into), gname: gname.map(Into::into) }
 }
 
 fn build(specs: &[PathSpec]) -> (LayerIndex, Vec<u8>) {
@@ -976,4 +978,47 @@ fn a_store_path_reached_through_a_symlinked_directory_is_refused() {
     fs::remove_file(&link).unwrap();
     let (_, layers) = res.unwrap();
     assert_eq!(layers[0].blob.size(), 512 * 4 + 1024, "/, /nix, /nix/store and the symlink, then the trailer");
+}
+
+/// nixoci's layer of one listed path (through the description and the store checks), or why not.
+fn layer_of(path: &str, options: serde_json::Value) -> Result<Vec<u8>, String> {
+    let json = serde_json::json!({"version": 1, "layers": [{"paths": [{"path": path, "options": options}]}]});
+    let desc = nixoci::description::Description::parse(json.to_string().as_bytes())?;
+    let (_, layers) = nixoci::image::prepare("t", desc, &nixoci::image::IndexCache::default())?;
+    Ok(read_all(&*layers[0].blob).unwrap())
+}
+
+/// nix2container walks a listed path with Go's filepath.Walk: `os.Lstat` of the path as spelled
+/// (a trailing '/' follows a symlink), the path handed on unchanged to the rewrite and perms
+/// regexes, its files as `filepath.Join(path, name)` (cleaned), and every tar name cleaned.
+#[test]
+fn path_spellings_are_walked_as_nix2container_walks_them() {
+    let store = common::nix_build(&common::repo_dir().join("tests/fixtures/names.nix"), "");
+    let s = store.to_str().unwrap();
+    let none = serde_json::Value::Null;
+    let clean = |p: &str| layer_of(p, none.clone()).unwrap();
+    assert_eq!(clean(&format!("{s}/")), clean(s));
+    assert_eq!(clean(&format!("{s}/./d")), clean(&format!("{s}/d")));
+    assert_eq!(clean(&format!("{s}//d/.")), clean(&format!("{s}/d")));
+
+    // Regexes see the listed path as spelled: "/$" matches the store path itself only.
+    let perms = |re: &str| serde_json::json!({"perms": [{"regex": re, "mode": "0700"}]});
+    assert_eq!(layer_of(&format!("{s}/"), perms("/$")), layer_of(s, perms("names$")));
+    // copyToRoot of "<path>/" makes "/" of the store path itself (mode 0555), where the clean
+    // spelling rewrites it to "" (skipped) and "/" is synthesised (0755).
+    let to_root = serde_json::json!({"rewrite": {"regex": format!("^{}", regex::escape(s)), "repl": ""}});
+    let first_mode = |tar: Vec<u8>| (cstr(&tar[0..100]), cstr(&tar[100..108]));
+    assert_eq!(first_mode(layer_of(&format!("{s}/"), to_root.clone()).unwrap()), ("/".into(), "0000555".into()));
+    assert_eq!(first_mode(layer_of(s, to_root).unwrap()), ("/".into(), "0000755".into()));
+
+    // A trailing '/' follows a symlink to a directory in the store: its files under the link's name.
+    let as_link = serde_json::json!({"rewrite": {"regex": format!("^{}/d", regex::escape(s)), "repl": format!("{s}/link")}});
+    assert_eq!(clean(&format!("{s}/link/")), layer_of(&format!("{s}/d"), as_link).unwrap());
+    assert_eq!(clean(&format!("{s}/link")).len(), 512 * 5 + 1024, "without it, the link is one symlink entry");
+    // Out of the store it is refused, where nix2container would walk /etc.
+    let err = layer_of(&format!("{s}/escape/"), none.clone()).unwrap_err();
+    assert!(err.contains("leads out of /nix/store"), "{err}");
+    assert!(layer_of(&format!("{s}/escape"), none.clone()).is_ok(), "the link itself is a symlink entry");
+    let err = layer_of(&format!("{s}/d/.."), none).unwrap_err();
+    assert!(err.contains("'..'"), "{err}");
 }

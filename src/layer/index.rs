@@ -262,7 +262,7 @@ impl std::fmt::Debug for LayerIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use regex::bytes::Regex;
+    use crate::goregex::Rewrite;
     use std::fs;
 
     /// A plain path and a copyToRoot path merged: every entry's parent, subtree, children and
@@ -280,7 +280,7 @@ mod tests {
         let y = root.join("y").to_str().unwrap().to_string();
         let specs = [
             PathSpec { path: x.clone(), rewrite: None, perms: vec![] },
-            PathSpec { path: y.clone(), rewrite: Some((Regex::new(&format!("^{}", regex::escape(&y))).unwrap(), vec![])), perms: vec![] },
+            PathSpec { path: y.clone(), rewrite: Some(Rewrite::new(&format!("^{}", regex::escape(&y)), "").unwrap()), perms: vec![] },
         ];
         let idx = LayerIndex::build(&specs).unwrap();
         let names: Vec<Vec<u8>> = (0..idx.entries()).map(|i| idx.name(i)).collect();

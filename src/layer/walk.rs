@@ -208,35 +208,36 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The layer entry for store file `src` of path `si`; None for a path rewritten to nothing.
-    fn item(&mut self, si: usize, src: &[u8], stat: &Stat) -> Result<Option<Item>, String> {
+    /// The layer entry for store file `src` (clean) of path `si`; None for a path rewritten to
+    /// nothing. Regexes see `spelled`: the listed path as written (`x/`, `x/./bin`) for the path
+    /// itself, `src` below it, as Go's filepath.Walk hands them to nix2container's regexes.
+    fn item(&mut self, si: usize, spelled: &[u8], src: &[u8], stat: &Stat) -> Result<Option<Item>, String> {
         let spec = &self.specs[si];
-        let (name, src) = match &spec.rewrite {
-            Some((re, repl)) => {
-                let renamed = re.replace_all(src, repl.as_slice());
+        let (name, stored) = match &spec.rewrite {
+            Some(rw) => {
+                let renamed = rw.apply(spelled);
                 if renamed.is_empty() {
                     return Ok(None); // the rewritten root itself: nix2container skips it
                 }
                 (tar::clean(&renamed), Some(src.to_vec()))
             }
-            None => (src.to_vec(), None), // store paths are clean already
+            None => (src.to_vec(), None),
         };
-        let src_bytes = src.as_deref().unwrap_or(&name);
         let base = name.rsplit(|&b| b == b'/').next().unwrap_or(&[]);
         if base.starts_with(b".wh.") {
-            return Err(format!("'{}' would be read as a whiteout by container runtimes", lossy(src_bytes)));
+            return Err(format!("'{}' would be read as a whiteout by container runtimes", lossy(src)));
         }
         let (kind, size) = match stat.st_mode & libc::S_IFMT {
             libc::S_IFDIR => (Kind::Dir, 0),
             libc::S_IFREG => (Kind::File, stat.size),
             libc::S_IFLNK => (Kind::Symlink, 0),
-            _ => return Err(format!("'{}' is a device, FIFO or socket: not allowed in a layer", lossy(src_bytes))),
+            _ => return Err(format!("'{}' is a device, FIFO or socket: not allowed in a layer", lossy(src))),
         };
         let mut mode = if kind == Kind::Symlink { 0o777 } else { stat.st_mode & 0o7777 };
         let mut owner = 0;
         if !spec.perms.is_empty() {
             let mut o = Owner::root();
-            for p in spec.perms.iter().filter(|p| p.regex.is_match(src_bytes)) {
+            for p in spec.perms.iter().filter(|p| p.regex.is_match(spelled)) {
                 (o.uid, o.gid) = (p.uid, p.gid);
                 if let Some(u) = &p.uname {
                     o.uname = u.as_bytes().to_vec();
@@ -258,7 +259,7 @@ impl Ctx<'_> {
         }
         let owner = u16::try_from(owner).map_err(|_| "more than 65,536 distinct owners in one layer".to_string())?;
         let link = if kind == Kind::Symlink { stat.link.clone() } else { Vec::new() };
-        Ok(Some(Item { name, src, link, kind, mode, owner, size, st_mode: stat.st_mode, spec: si }))
+        Ok(Some(Item { name, src: stored, link, kind, mode, owner, size, st_mode: stat.st_mode, spec: si }))
     }
 
     /// nix2container's collision rules: same type and mode, same size for files, same perms.
@@ -293,9 +294,9 @@ struct TreeRun {
 impl TreeRun {
     fn next(&mut self, ctx: &mut Ctx) -> Result<Option<Item>, String> {
         loop {
-            let (stat, dir) = if let Some((path, stat, dir)) = self.root.take() {
-                self.src = path;
-                (stat, dir)
+            let (spelled, stat, dir) = if let Some((path, stat, dir)) = self.root.take() {
+                self.src = tar::clean(&path);
+                (Some(path), stat, dir)
             } else {
                 let Some((listing, next, dir_len)) = self.stack.last_mut() else { return Ok(None) };
                 let Some(c) = listing.children.get(*next) else {
@@ -307,9 +308,9 @@ impl TreeRun {
                 self.src.push(b'/');
                 self.src.extend_from_slice(listing.str(c.name));
                 let stat = Stat { st_mode: c.st_mode, size: c.size, link: listing.str(c.link).to_vec() };
-                (stat, (c.dir != NO_PARENT).then_some(c.dir))
+                (None, stat, (c.dir != NO_PARENT).then_some(c.dir))
             };
-            let item = ctx.item(self.si, &self.src, &stat)?;
+            let item = ctx.item(self.si, spelled.as_deref().unwrap_or(&self.src), &self.src, &stat)?;
             if let Some(id) = dir {
                 let listing = ctx.listings[id as usize].take().expect("every directory is listed once");
                 self.stack.push((listing, 0, self.src.len()));
@@ -496,7 +497,7 @@ pub(crate) fn walk(specs: &[PathSpec]) -> Result<Walked, String> {
         let path = spec.path.as_bytes();
         let md = std::fs::symlink_metadata(&spec.path).map_err(|e| format!("cannot read '{}': {e}", spec.path))?;
         let dir = md.is_dir().then(|| {
-            roots.push(path.to_vec());
+            roots.push(tar::clean(path));
             roots.len() as u32 - 1
         });
         let root = Some((path.to_vec(), Stat::of(path, &md)?, dir));
