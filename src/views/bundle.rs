@@ -99,6 +99,7 @@ impl FileTree for Bundle {
 mod tests {
     use super::*;
     use crate::description::PathSpec;
+    use crate::goregex::Rewrite;
     use crate::layer::LayerIndex;
     use serde_json::{json, Value};
 
@@ -113,8 +114,8 @@ mod tests {
             std::fs::create_dir_all(t.path().join(d)).unwrap();
         }
         let d = t.path().to_str().unwrap();
-        let re = regex::bytes::Regex::new(&format!("^{}", regex::escape(d))).unwrap();
-        let idx = LayerIndex::build(&[PathSpec { path: d.into(), rewrite: Some((re, Vec::new())), perms: vec![] }]).unwrap();
+        let rewrite = Rewrite::new(&format!("^{}", regex::escape(d)), "").unwrap();
+        let idx = LayerIndex::build(&[PathSpec { path: d.into(), rewrite: Some(rewrite), perms: vec![] }]).unwrap();
         let fs = Arc::new(Rootfs::new(vec![Arc::new(idx)]).unwrap());
         (t, fs)
     }

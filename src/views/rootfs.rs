@@ -245,14 +245,15 @@ impl Blob for StoreFile {
 mod tests {
     use super::*;
     use crate::description::PathSpec;
+    use crate::goregex::Rewrite;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::path::Path;
 
     /// A layer of the files under `dir`, placed at `/` (copyToRoot's rewrite).
     fn layer(dir: &Path) -> Arc<LayerIndex> {
         let d = dir.to_str().unwrap();
-        let re = regex::bytes::Regex::new(&format!("^{}", regex::escape(d))).unwrap();
-        Arc::new(LayerIndex::build(&[PathSpec { path: d.into(), rewrite: Some((re, Vec::new())), perms: vec![] }]).unwrap())
+        let rewrite = Rewrite::new(&format!("^{}", regex::escape(d)), "").unwrap();
+        Arc::new(LayerIndex::build(&[PathSpec { path: d.into(), rewrite: Some(rewrite), perms: vec![] }]).unwrap())
     }
 
     fn rootfs(dirs: &[&Path]) -> Rootfs {
@@ -351,8 +352,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         write(t.path(), &format!("x/{}", "l".repeat(200)), "");
         let d = t.path().to_str().unwrap();
-        let re = regex::bytes::Regex::new(&format!("^{}/x/", regex::escape(d))).unwrap();
-        let spec = PathSpec { path: d.into(), rewrite: Some((re, format!("/{}", "y".repeat(99)).into_bytes())), perms: vec![] };
+        let rewrite = Rewrite::new(&format!("^{}/x/", regex::escape(d)), &format!("/{}", "y".repeat(99))).unwrap();
+        let spec = PathSpec { path: d.into(), rewrite: Some(rewrite), perms: vec![] };
         let fs = Rootfs::new(vec![Arc::new(LayerIndex::build(&[spec]).unwrap())]).unwrap();
         let long = format!("{}{}", "y".repeat(99), "l".repeat(200));
         assert!(fs.lookup(ROOT, long.as_bytes()).is_some(), "the entry is there");
@@ -364,8 +365,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         write(t.path(), "bin/sh", "");
         let d = t.path().to_str().unwrap();
-        let re = regex::bytes::Regex::new(&format!("^{}/", regex::escape(d))).unwrap();
-        let idx = LayerIndex::build(&[PathSpec { path: d.into(), rewrite: Some((re, Vec::new())), perms: vec![] }]).unwrap();
+        let rewrite = Rewrite::new(&format!("^{}/", regex::escape(d)), "").unwrap();
+        let idx = LayerIndex::build(&[PathSpec { path: d.into(), rewrite: Some(rewrite), perms: vec![] }]).unwrap();
         let err = Rootfs::new(vec![Arc::new(idx)]).err().unwrap();
         assert!(err.contains("layer 0") && err.contains("'bin'"), "{err}");
     }
