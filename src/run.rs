@@ -8,6 +8,7 @@ use crate::image::INDEX_TYPE;
 use crate::platform::Platform;
 use serde_json::{Map, Value};
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -92,10 +93,6 @@ pub fn podman_args(rootfs: &Path, config: &Map<String, Value>, args: &[String], 
     Ok(out)
 }
 
-fn is_terminal(fd: i32) -> bool {
-    unsafe { libc::isatty(fd) == 1 }
-}
-
 /// Replace this process with podman running the image.
 pub fn run(mount: Option<PathBuf>, words: &[String]) -> Result<(), String> {
     let (name, args, podman_opts) = split_command_line(words)?;
@@ -109,7 +106,7 @@ pub fn run(mount: Option<PathBuf>, words: &[String]) -> Result<(), String> {
         return Err(format!("{} does not exist: is '{name}' an image of that mount? (its log says why a view is missing)", rootfs.display()));
     }
     let config = image_config(&mnt.join(name))?;
-    let argv = podman_args(&rootfs, &config, args, podman_opts, is_terminal(0) && is_terminal(1))?;
+    let argv = podman_args(&rootfs, &config, args, podman_opts, std::io::stdin().is_terminal() && std::io::stdout().is_terminal())?;
     let err = std::process::Command::new("podman").args(&argv).exec();
     Err(format!("cannot run podman: {err}"))
 }
