@@ -391,7 +391,11 @@ impl Filesystem for NixociFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let (serial, node) = split(ino.0);
-        match self.image(serial).map(|img| Self::file_tree(&img, node).map(|(tree, n)| tree.link(n).to_vec())) {
+        let link = |img: Arc<CatalogImage>| {
+            let (tree, n) = Self::file_tree(&img, node).filter(|(tree, n)| tree.stat(*n).kind == Kind::Symlink)?;
+            Some(tree.link(n).to_vec())
+        };
+        match self.image(serial).map(link) {
             Ok(Some(target)) => reply.data(&target),
             Ok(None) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
