@@ -221,17 +221,19 @@ impl Mount {
             link_image(&dir, name, description);
         }
         let images = dir;
-        let mut cmd = Command::new(nixoci_bin());
-        cmd.arg("mount").args(options);
-        let mut m = Mount::spawn(cmd, &base.join("mnt"), &images, &base.join("cache"), &base.join("nixoci.log"), &|m| fs::read_dir(m).is_ok());
+        let mut m = Mount::start_with(&base.join("mnt"), &images, &base.join("cache"), &base.join("nixoci.log"), options);
         m._tmp = Some(tmp);
         m
     }
 
     /// Starts nixoci on given paths (used to restart on a place left stale); the log appends.
     pub fn start(mnt: &Path, images: &Path, cache: &Path, log: &Path) -> Mount {
+        Mount::start_with(mnt, images, cache, log, &[])
+    }
+
+    fn start_with(mnt: &Path, images: &Path, cache: &Path, log: &Path, options: &[&str]) -> Mount {
         let mut cmd = Command::new(nixoci_bin());
-        cmd.arg("mount");
+        cmd.arg("mount").args(options);
         Mount::spawn(cmd, mnt, images, cache, log, &|m| fs::read_dir(m).is_ok())
     }
 
