@@ -6,7 +6,7 @@ use crate::digest::DigestCache;
 use crate::entry::{Entry, Prepared};
 use crate::image::IndexCache;
 use crate::image_index::no_host_image;
-use crate::views::{self, Tree};
+use crate::views::{self, FileViews, Tree};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -38,8 +38,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if !ok {
         return Err(format!("name '{name}' is not usable by container tools: use lowercase letters and digits separated by single '.', '_' or '-'"));
     }
-    if name.ends_with(".dir") || name.ends_with(".tar") {
-        return Err(format!("name '{name}' ends in .dir or .tar, which the mount uses for its other views"));
+    if [".dir", ".tar", ".rootfs", ".bundle"].iter().any(|s| name.ends_with(s)) {
+        return Err(format!("name '{name}' ends in .dir, .tar, .rootfs or .bundle, which the mount uses for its other views"));
     }
     Ok(())
 }
@@ -56,6 +56,11 @@ pub struct CatalogImage {
     pending: Mutex<Option<Prepared>>,
     ready: OnceLock<Result<Served, String>>,
     cache: Arc<DigestCache>,
+    /// NAME.rootfs and NAME.bundle, served from the layer indexes before digests are known.
+    pub files: FileViews,
+    /// Lookups of this image's inodes the kernel has not forgotten: while it holds any (a
+    /// container's root, an open file), a replaced image keeps answering under them.
+    pub lookups: AtomicU64,
 }
 
 impl CatalogImage {
@@ -83,13 +88,19 @@ impl CatalogImage {
 
     /// The names this image takes at the top of the mount.
     pub fn top_names(&self) -> Vec<(String, usize)> {
-        views::top_names(&self.name, self.has_archive)
+        let shown = |node: usize| match node {
+            views::ARCHIVE => self.has_archive,
+            views::ROOTFS_ROOT => self.files.rootfs.is_some(),
+            views::BUNDLE_ROOT => self.files.bundle.is_some(),
+            _ => true,
+        };
+        views::top_names(&self.name).into_iter().filter(|(_, node)| shown(*node)).collect()
     }
 }
 
-/// How long a replaced image keeps answering under its old inodes: a client that opened
-/// `NAME/index.json` just before the change still finds the blobs it names.
-const RETIRED_FOR: Duration = Duration::from_secs(60);
+/// How long a replaced image keeps answering under its old inodes at least; after that, as long
+/// as the kernel holds any of them (a running container keeps the tree it started with).
+const RETIRED_FOR: Duration = Duration::from_secs(5);
 
 /// A description that fails to load within this time of its last change may still be being
 /// written: it is tried again at the next scan (about every second) before it is reported.
@@ -257,6 +268,7 @@ impl Catalog {
                     if !has_archive {
                         log::info!("image {name}: no {name}.tar: {}", no_host_image());
                     }
+                    let files = FileViews::new(&name, prepared.host_image());
                     let img = Arc::new(CatalogImage {
                         name: name.clone(),
                         serial,
@@ -266,6 +278,8 @@ impl Catalog {
                         pending: Mutex::new(Some(prepared)),
                         ready: OnceLock::new(),
                         cache: self.cache.clone(),
+                        files,
+                        lookups: AtomicU64::new(0),
                     });
                     log::info!("image {name}: loaded from {}", file.display());
                     // Digests in the background, so the first client rarely waits.
@@ -291,7 +305,13 @@ impl Catalog {
             changed.push(name.clone());
             st.retired.push((now, old.clone()));
         }
-        st.retired.retain(|(at, _)| now.duration_since(*at) < RETIRED_FOR);
+        st.retired.retain(|(at, img)| {
+            let keep = now.duration_since(*at) < RETIRED_FOR || img.lookups.load(Ordering::Relaxed) > 0;
+            if !keep {
+                log::info!("image {}: the replaced version (serial {}) is no longer in use", img.name, img.serial);
+            }
+            keep
+        });
         st.by_serial = next.values().chain(st.retired.iter().map(|(_, i)| i)).map(|i| (i.serial, i.clone())).collect();
         st.by_name = next;
         drop(guard);

@@ -70,37 +70,9 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (b[i], s.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok())) {
-            (b'\\', Some(c)) => {
-                out.push(c);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
-}
-
-/// The OCI layout of `desc` in a running `nixoci mount` (source `nixoci`; fstype `fuse` when
-/// root mounted it, `fuse.nixoci` through fusermount) whose hidden listing names this file.
+/// The OCI layout of `desc` in a running `nixoci mount` whose hidden listing names this file.
 fn running_mount(desc: &Path) -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (fields, fs) = line.split_once(" - ")?;
-        let mut fs = fs.split(' ');
-        if !matches!(fs.next(), Some("fuse" | "fuse.nixoci")) || fs.next() != Some(mount::FSNAME) {
-            return None;
-        }
-        let mnt = unescape(fields.split(' ').nth(4)?);
+    mount::running_mounts().into_iter().find_map(|mnt| {
         // A stale mount or another user's answers with an error here: it is not used.
         let listing: BTreeMap<String, PathBuf> = serde_json::from_slice(&std::fs::read(mnt.join(LISTING)).ok()?).ok()?;
         let name = listing.into_iter().find(|(_, p)| p == desc)?.0;
@@ -153,7 +125,7 @@ impl Scratch {
                 if catalog.by_name("image").is_none() {
                     return Err(format!("{}: the image cannot be served (the reason is logged above)", desc.display()));
                 }
-                mount::serve(&mnt, catalog, 4, PRIVATE_FSNAME)
+                mount::serve(&mnt, catalog, 4, PRIVATE_FSNAME, false)
             }
             Err(why) => Err(why),
         };
@@ -239,16 +211,5 @@ fn skopeo_copy(skopeo: &Path, layout: &Path, args: &[OsString], tmp: &Path, set:
         if deadline.is_some_and(|d| Instant::now() > d) {
             let _ = child.kill();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape(r"/tmp/a\040b\134c"), PathBuf::from("/tmp/a b\\c"));
-        assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
     }
 }

@@ -28,13 +28,19 @@ impl Prepared {
         Ok(Prepared::Index { tag: index.tag, images })
     }
 
+    /// The image shown alone (NAME.tar, NAME.rootfs, NAME.bundle): the image itself, or an
+    /// index's image for the mount host's platform.
+    pub fn host_image(&self) -> Option<(&Description, &[PreparedLayer])> {
+        match self {
+            Prepared::Image(desc, layers) => Some((desc, layers)),
+            Prepared::Index { images, .. } => host_entry(images.iter().map(|(d, _)| &d.platform)).map(|i| (&images[i].0, &images[i].1[..])),
+        }
+    }
+
     /// Whether NAME.tar is shown: a docker-archive holds one image, so an index shows the one
     /// for the mount host's platform, and none when it has none.
     pub fn has_archive(&self) -> bool {
-        match self {
-            Prepared::Image(..) => true,
-            Prepared::Index { images, .. } => host_entry(images.iter().map(|(d, _)| &d.platform)).is_some(),
-        }
+        self.host_image().is_some()
     }
 
     pub fn build(self, name: &str, cache: &DigestCache) -> Result<Entry, String> {

@@ -68,6 +68,8 @@ impl Blob for ServedBlob {
 pub struct PreparedLayer {
     /// The tar made from the store paths, or the layer file.
     pub blob: Arc<dyn Blob>,
+    /// The entries of a layer made from store paths (the blob itself), for the file views.
+    pub index: Option<Arc<LayerIndex>>,
     /// How a layer made from paths is compressed for serving (from its mediatype).
     pub codec: Option<Codec>,
     pub desc: Layer,
@@ -118,7 +120,7 @@ pub fn prepare(image: &str, desc: Description, indexes: &IndexCache) -> Result<(
     let layers = std::mem::take(&mut d.layers);
     let mut out = Vec::with_capacity(layers.len());
     for (i, layer) in layers.into_iter().enumerate() {
-        let (blob, label): (Arc<dyn Blob>, String) = match &layer.source {
+        let (blob, index, label): (Arc<dyn Blob>, _, String) = match &layer.source {
             LayerSource::Paths(specs) => {
                 specs.iter().try_for_each(|s| check_inside_store(&s.path)).map_err(|e| format!("layer {i}: {e}"))?;
                 let started = std::time::Instant::now();
@@ -134,9 +136,12 @@ pub fn prepare(image: &str, desc: Description, indexes: &IndexCache) -> Result<(
                     );
                 }
                 let paths: Vec<&str> = specs.iter().map(|s| s.path.as_str()).collect();
-                (idx, format!("image {image} layer {i} ({})", paths.join(" ")))
+                (idx.clone(), Some(idx), format!("image {image} layer {i} ({})", paths.join(" ")))
             }
-            LayerSource::File(path) => (Arc::new(check_inside_store(path).and_then(|()| FileBlob::open(path)).map_err(|e| format!("layer {i}: {e}"))?), format!("image {image} layer {i} ({path})")),
+            LayerSource::File(path) => {
+                let blob = check_inside_store(path).and_then(|()| FileBlob::open(path)).map_err(|e| format!("layer {i}: {e}"))?;
+                (Arc::new(blob), None, format!("image {image} layer {i} ({path})"))
+            }
         };
         let codec = match &layer.source {
             LayerSource::Paths(_) => Codec::for_media_type(&layer.media_type),
@@ -150,7 +155,7 @@ pub fn prepare(image: &str, desc: Description, indexes: &IndexCache) -> Result<(
             .size
             .filter(|&s| codec.is_none() && s != blob.size())
             .map(|s| format!("the description says {s} bytes but the store gives {} (the store paths hold other bytes than when it was made)", blob.size()));
-        out.push(PreparedLayer { blob, codec, desc: layer, size_mismatch, label });
+        out.push(PreparedLayer { blob, index, codec, desc: layer, size_mismatch, label });
     }
     Ok((d, out))
 }

@@ -14,8 +14,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve every description in --images as NAME/ (OCI layout), NAME.dir/ (skopeo dir:) and
-    /// NAME.tar (docker-archive) under MOUNTPOINT, until SIGINT or SIGTERM.
+    /// Serve every description in --images as NAME/ (OCI layout), NAME.dir/ (skopeo dir:),
+    /// NAME.tar (docker-archive), NAME.rootfs/ (its root filesystem) and NAME.bundle/ (an OCI
+    /// runtime bundle) under MOUNTPOINT, until SIGINT or SIGTERM.
     Mount {
         mountpoint: PathBuf,
         /// Directory of descriptions: files or symlinks named NAME or NAME.json
@@ -30,6 +31,10 @@ enum Command {
         /// Threads that compress gzip and zstd layers [default: one per core]
         #[arg(long, default_value_t = 0, hide_default_value = true)]
         compress_threads: usize,
+        /// Read NAME.rootfs files in the daemon instead of letting the kernel read their store
+        /// files directly (FUSE passthrough)
+        #[arg(long)]
+        no_passthrough: bool,
     },
     /// Write an image as real files, read through the same code the mount serves from.
     Export {
@@ -49,6 +54,15 @@ enum Command {
     },
     /// Hash every layer from the store and report any that differs from the description.
     Check { description: PathBuf },
+    /// Run an image of a mount with podman, from its NAME.rootfs view (nothing is pulled or
+    /// copied), with the image config's Env, WorkingDir, User and Entrypoint; ARGS replace Cmd.
+    Run {
+        /// The nixoci mount [default: the one running on this machine]
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "NAME [ARGS]... [-- PODMAN-OPTS]")]
+        words: Vec<String>,
+    },
     /// skopeo copy of the image to DEST, extra skopeo options after it (the Nix library's
     /// copyTo* scripts). Reads it from a running mount that serves it, else from a private
     /// mount for the length of the copy, else (no FUSE) from an exported layout.
@@ -87,16 +101,17 @@ fn main() {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
-        Command::Mount { mountpoint, images, cache_dir, threads, compress_threads } => {
+        Command::Mount { mountpoint, images, cache_dir, threads, compress_threads, no_passthrough } => {
             nixoci::compress::pool::set_threads(compress_threads);
             // Large buffers (FUSE replies, compressed pieces) go back to the kernel when freed:
             // glibc would otherwise raise this threshold after the first one and keep tens of
             // MB of them resident (measured on the app closure: 76 MB peak, 49 with this).
             unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
-            nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads)
+            nixoci::mount::run(&mountpoint, images, cache(cache_dir), threads, !no_passthrough)
         }
         Command::Export { description, out, format, cache_dir } => commands::export(&description, &out, format, &cache(cache_dir)),
         Command::Digest { description, cache_dir } => commands::digest(&description, &cache(cache_dir)).map(|s| print!("{s}")),
+        Command::Run { mount, words } => nixoci::run::run(mount, &words),
         Command::Check { description } => match commands::check(&description) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -117,6 +117,45 @@ fn note_writes(catalog: &Catalog, events: &[u8]) {
     }
 }
 
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], s.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok())) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+}
+
+/// The mount points of `nixoci mount`s in a mountinfo text: source `nixoci` (`FSNAME`), type
+/// `fuse` when root mounted it, `fuse.nixoci` through fusermount3.
+fn daemon_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    let is_daemon = |fs: &str| {
+        let mut f = fs.split(' ');
+        matches!(f.next(), Some("fuse" | "fuse.nixoci")) && f.next() == Some(FSNAME)
+    };
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split_once(" - ").filter(|(_, fs)| is_daemon(fs)))
+        .filter_map(|(fields, _)| fields.split(' ').nth(4).map(unescape))
+        .collect()
+}
+
+/// The `nixoci mount`s running on this machine.
+pub fn running_mounts() -> Vec<PathBuf> {
+    daemon_mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
 /// Whether the mount at `mnt` reaches mount namespaces copied from this one before it was made
 /// (rootless podman keeps one alive): "shared:N" among the optional fields of /proc/self/mountinfo,
 /// which a new mount gets when its parent mount is shared.
@@ -144,15 +183,22 @@ pub fn signals() -> libc::sigset_t {
 }
 
 /// Mounts `catalog` at `mnt`, served by background threads until `unmount`. `fsname` shows as the
-/// mount's source in /proc/self/mountinfo (`nixoci` for the daemon).
-pub fn serve(mnt: &Path, catalog: Arc<Catalog>, threads: usize, fsname: &str) -> Result<BackgroundSession, String> {
+/// mount's source in /proc/self/mountinfo (`nixoci` for the daemon). `passthrough`: let the kernel
+/// read the store files of NAME.rootfs and NAME.bundle itself where it can.
+pub fn serve(mnt: &Path, catalog: Arc<Catalog>, threads: usize, fsname: &str, passthrough: bool) -> Result<BackgroundSession, String> {
     clear_stale_mount(mnt)?;
     let mut config = Config::default();
-    config.mount_options = vec![MountOption::RO, MountOption::FSName(fsname.into()), MountOption::Subtype("nixoci".into())];
+    // The kernel checks modes and owners (a root filesystem's files are not all world-readable).
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::FSName(fsname.into()),
+        MountOption::Subtype("nixoci".into()),
+    ];
     config.n_threads = Some(threads.max(1));
     config.acl = SessionACL::All;
     // SessionACL::All is the allow_other mount option.
-    let session = match fuser::spawn_mount(NixociFs::new(catalog.clone()), mnt, &config) {
+    let session = match fuser::spawn_mount(NixociFs::new(catalog.clone(), passthrough), mnt, &config) {
         Ok(s) => s,
         // Users other than root need `user_allow_other` in /etc/fuse.conf for allow_other.
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -163,7 +209,7 @@ pub fn serve(mnt: &Path, catalog: Arc<Catalog>, threads: usize, fsname: &str) ->
                 unsafe { libc::geteuid() }
             );
             config.acl = SessionACL::Owner;
-            fuser::spawn_mount(NixociFs::new(catalog), mnt, &config).map_err(|e| format!("cannot mount {}: {e}", mnt.display()))?
+            fuser::spawn_mount(NixociFs::new(catalog, passthrough), mnt, &config).map_err(|e| format!("cannot mount {}: {e}", mnt.display()))?
         }
         Err(e) => return Err(format!("cannot mount {}: {e}", mnt.display())),
     };
@@ -171,7 +217,7 @@ pub fn serve(mnt: &Path, catalog: Arc<Catalog>, threads: usize, fsname: &str) ->
     Ok(session)
 }
 
-pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> Result<(), String> {
+pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize, passthrough: bool) -> Result<(), String> {
     // Block the signals before any thread starts, so only the wait below receives them.
     let set = signals();
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -182,7 +228,7 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
     let changes = catalog.watch_changes();
     let watched = catalog.clone();
     std::thread::spawn(move || watch(&watched));
-    let session = serve(mnt, catalog, threads, FSNAME)?;
+    let session = serve(mnt, catalog, threads, FSNAME, passthrough)?;
     if unsafe { libc::geteuid() } != 0 && !is_shared_mount(mnt) {
         log::warn!(
             "{} is not a shared mount (its parent mount is private), so a rootless podman that is already \
@@ -196,7 +242,7 @@ pub fn run(mnt: &Path, images: PathBuf, cache: DigestCache, threads: usize) -> R
     let notifier = session.notifier();
     std::thread::spawn(move || {
         for name in changes {
-            for (n, _) in top_names(&name, true) {
+            for (n, _) in top_names(&name) {
                 let _ = notifier.inval_entry(INodeNo(1), OsStr::new(&n));
             }
         }
@@ -249,5 +295,19 @@ pub fn unmount(session: BackgroundSession, mnt: &Path) -> Result<(), String> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_daemon_mounts_in_mountinfo() {
+        let info = "36 25 0:32 / /mnt/a\\040b\\134c rw,nosuid shared:1 - fuse.nixoci nixoci ro,user_id=0\n\
+                    37 25 0:33 / /mnt/other rw,relatime - fuse.sshfs host: rw\n\
+                    39 25 0:35 / /mnt/copy rw,relatime - fuse nixoci-copy ro\n\
+                    38 25 0:34 / /srv/images ro,relatime - fuse nixoci ro,default_permissions,allow_other\n";
+        assert_eq!(daemon_mounts(info), [PathBuf::from("/mnt/a b\\c"), PathBuf::from("/srv/images")]);
     }
 }

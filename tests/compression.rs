@@ -80,8 +80,8 @@ fn compressed_streams_check(description: &Path, name: &str, reads: usize) {
     let variants = compressed_variants(description, name, &tmp);
     let links: Vec<(String, &Path)> = variants.iter().map(|(_, image, d)| (format!("{image}.json"), d.as_path())).collect();
     let links: Vec<(&str, &Path)> = links.iter().map(|(n, d)| (n.as_str(), *d)).collect();
-    let one = Mount::with_args(&links, &["--threads", "1", "--compress-threads", "1"]);
-    let many = Mount::with_args(&links, &["--threads", "8", "--compress-threads", "3"]);
+    let one = Mount::new_with(&links, &["--threads", "1", "--compress-threads", "1"]);
+    let many = Mount::new_with(&links, &["--threads", "8", "--compress-threads", "3"]);
     for (codec, image, desc) in &variants {
         let layout = many.mnt.join(image);
         let exported = tmp.join(format!("export-{image}"));

@@ -729,3 +729,51 @@ fn image_index_example_serves_each_platform() {
     drop(podman);
     drop(m);
 }
+
+// ---------------------------------------------------------------- root filesystem views
+
+#[test]
+fn every_example_rootfs_equals_umoci_unpack() {
+    let examples = [
+        ("hello", "hello"),
+        ("basic", "basic"),
+        ("openbar", "openbar"),
+        ("copyToRoot", "copy-to-root"),
+        ("layered", "layered"),
+        ("nested", "nested"),
+        ("ownership", "ownership"),
+        ("created", "created"),
+        ("metadata", "metadata"),
+        ("nix", "nix"),
+        ("fromImage", "from-image"),
+        ("sizeLayered", "size-layered"),
+        ("nonReproducible", "non-reproducible"),
+    ];
+    let dir = LowerDir::new();
+    let images = dir.0.join("images");
+    fs::create_dir(&images).unwrap();
+    for (attr, name) in examples {
+        link_image(&images, &format!("{name}.json"), &build(attr));
+    }
+    let m = Mount::start(&dir.0.join("mnt"), &images, &dir.0.join("cache"), &dir.0.join("nixoci.log"));
+    for (_, name) in examples {
+        let rootfs = m.mnt.join(format!("{name}.rootfs"));
+        if name == "non-reproducible" {
+            // Its one layer is a ready tar file (layer-path).
+            assert!(!rootfs.exists());
+            m.expect_log(&[&format!("image {name}: no {name}.rootfs or {name}.bundle: layer 0 is a ready tar file")], std::time::Duration::ZERO);
+            continue;
+        }
+        let (_t, tmp) = temp_dir();
+        umoci_unpack(&m.mnt.join(name), &tmp.join("bundle"));
+        assert_same_tree(&tmp.join("bundle/rootfs"), &rootfs);
+        let bundle = m.mnt.join(format!("{name}.bundle/config.json"));
+        if name == "nix" {
+            // Its config has neither Entrypoint nor Cmd: a bundle would have nothing to run.
+            assert!(!bundle.exists());
+            m.expect_log(&["image nix: no nix.bundle: the image config has neither Entrypoint nor Cmd"], std::time::Duration::ZERO);
+        } else {
+            assert!(bundle.is_file(), "{name}.bundle");
+        }
+    }
+}

@@ -260,22 +260,15 @@ impl Compressed {
         if bytes > self.size || (pieces == self.pieces.count && bytes != self.size) {
             let made = if pieces == self.pieces.count { format!("{bytes}") } else { format!("more than {bytes}") };
             return Err(io::Error::other(format!(
-                "{}: the description says {} bytes of {}, this nixoci makes {made}: its digest was made by another compressor",
-                self.pieces.label,
+                "the description says {} bytes of {}, this nixoci makes {made}: its digest was made by another compressor",
                 self.size,
                 self.pieces.codec.name()
             )));
         }
         Ok(())
     }
-}
 
-impl Blob for Compressed {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_pieces(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let want = (self.size.saturating_sub(offset) as usize).min(buf.len());
         let mut done = 0;
         while done < want {
@@ -294,6 +287,17 @@ impl Blob for Compressed {
             done += n;
         }
         Ok(want)
+    }
+}
+
+impl Blob for Compressed {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Errors name the layer: the mount logs them with the read's offset.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_pieces(offset, buf).map_err(|e| io::Error::other(format!("{}: {e}", self.pieces.label)))
     }
 }
 

@@ -119,8 +119,28 @@ impl LayerIndex {
         })
     }
 
+    /// A directory's child by name, by binary search over its descendants: a descendant leads
+    /// to its ancestor among the children by parent links, and children are sorted by name.
+    pub fn child(&self, dir: usize, name: &[u8]) -> Option<usize> {
+        let (mut lo, mut hi) = (dir + 1, self.subtree_end(dir));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let mut c = mid;
+            while self.entries[c].parent() != Some(dir) {
+                c = self.entries[c].parent()?;
+            }
+            match self.base_name(c).cmp(name) {
+                std::cmp::Ordering::Equal => return Some(c),
+                // A file can have descendants (a path nested under it): step past `mid` at least.
+                std::cmp::Ordering::Less => lo = (mid + 1).max(self.subtree_end(c)),
+                std::cmp::Ordering::Greater => hi = c,
+            }
+        }
+        None
+    }
+
     /// One past the last descendant of a directory; one past the entry itself otherwise.
-    fn subtree_end(&self, i: usize) -> usize {
+    pub fn subtree_end(&self, i: usize) -> usize {
         let e = &self.entries[i];
         if e.kind() == Kind::Dir { e.data as usize } else { i + 1 }
     }
@@ -152,7 +172,7 @@ impl LayerIndex {
         self.entries.get(i + 1).map_or(self.end_block, |e| e.block as u64) * tar::BLOCK
     }
 
-    fn open(&self, i: usize) -> io::Result<Arc<File>> {
+    pub fn open(&self, i: usize) -> io::Result<Arc<File>> {
         if let Some(f) = self.files.lock().unwrap().get(&i) {
             return Ok(f.clone());
         }
@@ -278,6 +298,12 @@ mod tests {
             let expected: Vec<usize> = (0..idx.entries()).filter(|&j| idx.entry(j).parent() == Some(i)).collect();
             assert_eq!(children, expected);
             assert!(children.windows(2).all(|w| idx.base_name(w[0]) < idx.base_name(w[1])), "children sorted by name");
+            for &c in &children {
+                assert_eq!(idx.child(i, idx.base_name(c)), Some(c), "child by name");
+            }
+            for absent in [&b""[..], b"0", b"a-", b"zz"] {
+                assert!(idx.child(i, absent).is_none_or(|c| idx.base_name(c) == absent));
+            }
             let src = idx.source(i).map(|s| String::from_utf8(s).unwrap());
             let name = String::from_utf8(names[i].clone()).unwrap();
             let want = if let Some(rest) = name.strip_prefix(&x) {

@@ -209,53 +209,51 @@ impl Mount {
     /// Fresh temp dirs, an images dir holding `images` (file name, description) as symlinks;
     /// the mount point itself is left for nixoci to create.
     pub fn new(images: &[(&str, &Path)]) -> Mount {
-        Mount::with_args(images, &[])
+        Mount::new_with(images, &[])
     }
 
-    /// Like `new`, with more `nixoci mount` options (e.g. `--threads 1`).
-    pub fn with_args(images: &[(&str, &Path)], args: &[&str]) -> Mount {
+    /// As `new`, with more options for `nixoci mount`.
+    pub fn new_with(images: &[(&str, &Path)], options: &[&str]) -> Mount {
         let (tmp, base) = temp_dir();
         let dir = base.join("images");
         fs::create_dir(&dir).unwrap();
         for (name, description) in images {
             link_image(&dir, name, description);
         }
-        let mnt = base.join("mnt");
-        let mut m = Mount::spawn(Command::new(nixoci_bin()), &mnt, &dir, &base.join("cache"), &base.join("nixoci.log"), args, &|m| fs::read_dir(m).is_ok());
+        let images = dir;
+        let mut m = Mount::start_with(&base.join("mnt"), &images, &base.join("cache"), &base.join("nixoci.log"), options);
         m._tmp = Some(tmp);
         m
     }
 
     /// Starts nixoci on given paths (used to restart on a place left stale); the log appends.
     pub fn start(mnt: &Path, images: &Path, cache: &Path, log: &Path) -> Mount {
-        Mount::spawn(Command::new(nixoci_bin()), mnt, images, cache, log, &[], &|m| fs::read_dir(m).is_ok())
+        Mount::start_with(mnt, images, cache, log, &[])
+    }
+
+    fn start_with(mnt: &Path, images: &Path, cache: &Path, log: &Path, options: &[&str]) -> Mount {
+        let mut cmd = Command::new(nixoci_bin());
+        cmd.arg("mount").args(options);
+        Mount::spawn(cmd, mnt, images, cache, log, &|m| fs::read_dir(m).is_ok())
     }
 
     /// As `start`, with the daemon run as the rootless test user (its mount is then for that user
     /// only: root cannot list it, so the user checks that it is up).
     pub fn start_as(user: &User, mnt: &Path, images: &Path, cache: &Path, log: &Path) -> Mount {
-        Mount::spawn(user.cmd(user.nixoci()), mnt, images, cache, log, &[], &|m| user.can_list(m))
+        let mut cmd = user.cmd(user.nixoci());
+        cmd.arg("mount");
+        Mount::spawn(cmd, mnt, images, cache, log, &|m| user.can_list(m))
     }
 
-    /// Runs `cmd` (nixoci, as root or as a user) `mount … ARGS`; `listable` tells that the mount
-    /// answers (a stale one does not).
-    fn spawn(
-        mut cmd: Command,
-        mnt: &Path,
-        images: &Path,
-        cache: &Path,
-        log: &Path,
-        args: &[&str],
-        listable: &dyn Fn(&Path) -> bool,
-    ) -> Mount {
+    /// Runs `cmd` (nixoci `mount`, as root or as a user, with its options) on the paths;
+    /// `listable` tells that the mount answers (a stale one does not).
+    fn spawn(mut cmd: Command, mnt: &Path, images: &Path, cache: &Path, log: &Path, listable: &dyn Fn(&Path) -> bool) -> Mount {
         let logf = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        cmd.arg("mount")
-            .arg(mnt)
+        cmd.arg(mnt)
             .arg("--images")
             .arg(images)
             .arg("--cache-dir")
             .arg(cache)
-            .args(args)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
@@ -372,13 +370,30 @@ impl Podman {
 
     pub fn cmd(&self) -> Command {
         let mut c = tool("podman");
+        c.env("CONTAINERS_CONF", repo_dir().join("tests/containers.conf")).args(self.storage_options());
+        c
+    }
+
+    /// The options that give podman this storage (global options; podman takes them after a
+    /// subcommand too).
+    pub fn storage_options(&self) -> Vec<std::ffi::OsString> {
+        let mut o = Vec::new();
+        for (flag, dir) in [("--root", "root"), ("--runroot", "run"), ("--tmpdir", "tmp")] {
+            o.push(flag.into());
+            o.push(self.root.join(dir).into_os_string());
+        }
+        o
+    }
+
+    /// `nixoci run --mount MNT ARGS… -- STORAGE-OPTIONS`: nixoci running this podman.
+    pub fn nixoci_run(&self, mnt: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(nixoci_bin());
         c.env("CONTAINERS_CONF", repo_dir().join("tests/containers.conf"))
-            .arg("--root")
-            .arg(self.root.join("root"))
-            .arg("--runroot")
-            .arg(self.root.join("run"))
-            .arg("--tmpdir")
-            .arg(self.root.join("tmp"));
+            .args(["run", "--mount"])
+            .arg(mnt)
+            .args(args)
+            .arg("--")
+            .args(self.storage_options());
         c
     }
 
@@ -948,4 +963,40 @@ impl Drop for User {
             }
         }
     }
+}
+
+/// `umoci unpack` of the image an OCI layout tags (its one tag) into `bundle`.
+pub fn umoci_unpack(layout: &Path, bundle: &Path) {
+    let index = read_json(&layout.join("index.json"));
+    let tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap_or("latest").to_string();
+    run(tool("umoci").arg("unpack").arg("--image").arg(format!("{}:{tag}", layout.display())).arg(bundle));
+}
+
+/// Every entry of a tree as `lstat` shows it, sorted: path, type, mode, uid, gid, size and
+/// link target (no size for directories: file systems count those differently).
+pub fn tree_stat(dir: &Path) -> Vec<String> {
+    let out = stdout(&run(tool("find").arg(dir).args(["-printf", "%P\t%y\t%m\t%U\t%G\t%s\t%l\n"])));
+    let mut lines: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split('\t').collect();
+            if f[1] == "d" {
+                f[5] = "-";
+            }
+            f.join(" ")
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Two trees hold the same entries, with the same metadata (`tree_stat`) and contents
+/// (`diff -r --no-dereference`).
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (sa, sb) = (tree_stat(a), tree_stat(b));
+    if sa != sb {
+        let only = |x: &[String], y: &[String]| x.iter().filter(|l| !y.contains(l)).cloned().collect::<Vec<_>>().join("\n");
+        panic!("{} and {} differ\n--- only in the first\n{}\n--- only in the second\n{}", a.display(), b.display(), only(&sa, &sb), only(&sb, &sa));
+    }
+    run(tool("diff").args(["-r", "--no-dereference"]).arg(a).arg(b));
 }
