@@ -662,7 +662,9 @@ fn copy_without_fuse_says_so_in_one_line_and_exports_instead() {
     for d in [&home, &c.tmp] {
         chown(d, Some(65534), Some(65534)).unwrap();
     }
-    let desc = build("basic");
+    // An image no other test mounts: a running mount that serves it would rightly be used.
+    let expr = format!("{}.basicWith {{ name = \"nixoci-no-fuse\"; tag = \"v1\"; }}", examples());
+    let desc = build_expr(&expr, "");
     let err = c.run(
         c.cmd(
             "sh",
@@ -670,7 +672,7 @@ fn copy_without_fuse_says_so_in_one_line_and_exports_instead() {
                 OsStr::new("-c"),
                 OsStr::new("mount --bind \"$0\" /dev/fuse && exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\""),
                 guard.as_os_str(),
-                script(&examples(), "basic.copyTo").as_os_str(),
+                script(&expr, "copyTo").as_os_str(),
                 OsStr::new(&format!("dir:{}", home.join("copy").display())),
             ],
         )
