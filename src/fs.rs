@@ -335,16 +335,18 @@ impl NixociFs {
         }
     }
 
-    fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// Reads into `buf`, this FUSE thread's buffer (a fresh one per request costs a page fault
+    /// per 4 KiB written: 2% of a compressed read's CPU); the bytes read.
+    fn do_read<'b>(&self, fh: u64, offset: u64, size: u32, buf: &'b mut Vec<u8>) -> Result<&'b [u8], Errno> {
         let h = self.handles.lock().unwrap().get(&fh).cloned().ok_or(Errno::EBADF)?;
         let len = (h.blob.size().saturating_sub(offset)).min(size as u64) as usize;
-        let mut buf = vec![0u8; len];
-        if let Err(e) = h.blob.read_at(offset, &mut buf) {
+        buf.resize(len, 0);
+        if let Err(e) = h.blob.read_at(offset, buf) {
             let what = h.verify.as_ref().map_or("file".to_string(), |(sb, _)| sb.label.clone());
             log::error!("read of {what} at {offset}: {e}");
             return Err(Errno::EIO);
         }
-        h.check(offset, &buf).map_err(|()| Errno::EIO)?;
+        h.check(offset, buf).map_err(|()| Errno::EIO)?;
         Ok(buf)
     }
 }
@@ -496,10 +498,13 @@ impl Filesystem for NixociFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.do_read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| match self.do_read(fh.0, offset, size, buf) {
+            Ok(data) => reply.data(data),
+            Err(e) => reply.error(e),
+        })
     }
 
     fn release(
